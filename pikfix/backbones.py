@@ -1,0 +1,102 @@
+"""ImageNet backbones from torchvision architectures, with weights only from user-supplied files.
+
+Nothing here downloads: ``weights`` is a path or s3:// URI of a torchvision-format state_dict
+(for example ``resnet34-b627a593.pth`` or ``vgg19-dcbb9e9d.pth`` fetched by the user). Without
+it the backbone keeps its random initialisation, and callers log that fact.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import torch
+from torch import nn
+from torchvision import models
+
+from pikfix.uri import read_uri_bytes
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Indices in torchvision's vgg19().features just after the ReLU that ends each stage (relu1_2 ... relu5_4).
+VGG19_STAGE_ENDS = (3, 8, 17, 26, 35)
+VGG19_STAGE_CHANNELS = (64, 128, 256, 512, 512)
+
+
+def load_state_dict_file(uri: str) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a local path or an s3:// URI (never from the network otherwise)."""
+    state = torch.load(io.BytesIO(read_uri_bytes(uri)), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
+
+
+def normalize_imagenet(rgb: torch.Tensor) -> torch.Tensor:
+    """Map RGB in [0, 1] (N,3,H,W) to the ImageNet-normalised input the backbones expect."""
+    mean = rgb.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = rgb.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (rgb - mean) / std
+
+
+def gray_to_rgb(luminance: torch.Tensor) -> torch.Tensor:
+    """Repeat a one-channel image in [0, 1] to three channels (the paper feeds grey as RGB)."""
+    return luminance.expand(-1, 3, -1, -1) if luminance.shape[1] == 1 else luminance
+
+
+class ResNet34Features(nn.Module):
+    """ResNet34 layer1..layer4 feature maps (strides 4, 8, 16, 32), as the similarity sub-net uses."""
+
+    channels = (64, 128, 256, 512)
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        net = models.resnet34(weights=None)
+        if weights:
+            net.load_state_dict(load_state_dict_file(weights))
+            log.info("ResNet34 ImageNet weights loaded from %s", weights)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.pretrained = bool(weights)
+
+    def forward(self, rgb01: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(normalize_imagenet(rgb01))
+        f1 = self.layer1(x)
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        return [f1, f2, f3, f4]
+
+
+class VGG19Features(nn.Module):
+    """VGG19 feature maps at the end of each of its five stages (relu1_2 ... relu5_4).
+
+    Used by the perceptual loss and by reference retrieval; ``stages`` picks how deep to run.
+    """
+
+    def __init__(self, weights: str | None = None, stages: int = 5) -> None:
+        super().__init__()
+        net = models.vgg19(weights=None)
+        if weights:
+            state = load_state_dict_file(weights)
+            features_only = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+            net.features.load_state_dict(features_only or state)
+            log.info("VGG19 ImageNet weights loaded from %s", weights)
+        last = VGG19_STAGE_ENDS[stages - 1]
+        self.features = net.features[: last + 1]
+        self.taps = VGG19_STAGE_ENDS[:stages]
+        self.channels = VGG19_STAGE_CHANNELS[:stages]
+        self.pretrained = bool(weights)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, rgb01: torch.Tensor) -> list[torch.Tensor]:
+        x = normalize_imagenet(rgb01)
+        out: list[torch.Tensor] = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.taps:
+                out.append(x)
+        return out

@@ -1,0 +1,73 @@
+"""One settings object for the whole service, read from ``PIKFIX_*`` environment variables.
+
+Defaults describe the embedded mode (SQLite file, local folder as object store, tasks run
+in-process), so the product works with no servers at all; setting a broker, database and
+storage URL switches to the distributed mode without touching code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIKFIX_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path(".pikfix"), description="Embedded mode: SQLite file and local objects")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in data_dir")
+    broker_url: str | None = Field(None, description="Celery broker (redis://...); unset = run tasks eagerly")
+    storage_url: str | None = Field(None, description="s3://bucket[/prefix] or file:///path; default data_dir")
+    s3_endpoint_url: str | None = Field(None, description="MinIO or any S3-compatible endpoint")
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
+    checkpoint: str | None = Field(None, description="Model checkpoint path or s3:// URI; default = shipped lite")
+    backbone_weights: str | None = Field(None, description="ImageNet ResNet34 state_dict for the similarity net")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    max_image_pixels: int = Field(250_000_000, description="Decompression-bomb guard for decoded photos")
+    working_size: int = Field(256, description="Colourization working resolution (short side, pixels)")
+    retrieval_top_k: int = 5
+
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_request_bytes: int = 2 * 1024 * 1024 * 1024
+    max_archive_members: int = 100_000
+    max_archive_uncompressed_bytes: int = 50 * 1024 * 1024 * 1024
+    max_archive_ratio: float = 200.0
+
+    job_soft_time_limit_s: int = 1800
+    job_hard_time_limit_s: int = 2100
+    job_stuck_after_s: int = 3600
+    job_max_attempts: int = 5
+    maintenance_interval_s: float = 60.0
+    tenant_backlog_limit: int = 200
+    worker_max_tasks_per_child: int = 200
+
+    flower_basic_auth: str | None = None
+    webhook_secret: str = "change-me"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'pikfix.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "objects").resolve().as_uri()
+
+    @property
+    def eager(self) -> bool:
+        """No broker configured: tasks run in-process (the embedded default)."""
+        return not self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
