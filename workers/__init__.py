@@ -1,0 +1,1 @@
+"""Celery app and tasks: they move bytes and rows and call the ``pikfix`` library."""
