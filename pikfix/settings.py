@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PIKFIX_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="PIKFIX_", env_ignore_empty=True, extra="ignore")
 
     data_dir: Path = Field(Path(".pikfix"), description="Embedded mode: SQLite file and local objects")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in data_dir")
@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     checkpoint: str | None = Field(None, description="Model checkpoint path or s3:// URI; default = shipped lite")
     backbone_weights: str | None = Field(None, description="ImageNet ResNet34 state_dict for the similarity net")
+    retrieval_weights: str | None = Field(None, description="ImageNet VGG19 state_dict for reference retrieval")
+    preload_model: bool = Field(True, description="Workers load the model at process start, not on first job")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     max_image_pixels: int = Field(250_000_000, description="Decompression-bomb guard for decoded photos")
     working_size: int = Field(256, description="Colourization working resolution (short side, pixels)")
