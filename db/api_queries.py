@@ -1,0 +1,143 @@
+"""Queries only the HTTP API needs: paging a tenant's batches, per-batch counts in one pass, reference
+names for a job's candidates, figures for ``/metrics`` and the readiness probe.
+
+Like every module in ``db``, each function takes a ``Session`` and leaves the transaction to the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import and_, case, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from db.models import JOB_STATUSES, JOB_SUCCEEDED, Batch, InvalidCursor, Job, Reference
+
+MAX_PAGE = 1000
+
+
+def ping(s: Session) -> None:
+    """``SELECT 1``: the database answers (readiness probe)."""
+    s.execute(text("SELECT 1"))
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+
+def _encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, row_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(stamp)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidCursor("malformed pagination cursor") from exc
+    if created_at.tzinfo is None or len(row_id) != 36:
+        raise InvalidCursor("malformed pagination cursor")
+    return created_at, row_id
+
+
+def list_batches_page(
+    s: Session, tenant_id: str, cursor: str | None = None, limit: int = 50
+) -> tuple[list[Batch], str | None]:
+    """One page of a tenant's batches, newest first, and the cursor of the next page (or ``None``).
+
+    Keyset pagination on ``(created_at, id)`` descending (served by ``ix_batches_tenant_id_created_at``),
+    so a batch created while a client pages is never skipped or seen twice.
+    """
+    limit = max(1, min(limit, MAX_PAGE))
+    stmt = select(Batch).where(Batch.tenant_id == tenant_id)
+    if cursor:
+        before_at, before_id = _decode_cursor(cursor)
+        stmt = stmt.where(
+            or_(Batch.created_at < before_at, and_(Batch.created_at == before_at, Batch.id < before_id))
+        )
+    rows = list(s.scalars(stmt.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, _encode_cursor(rows[-1].created_at, rows[-1].id)
+
+
+def status_counts_for_batches(s: Session, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Job counts per status for many batches in one grouped query; every status present per batch."""
+    out = {batch_id: dict.fromkeys(JOB_STATUSES, 0) for batch_id in batch_ids}
+    if not batch_ids:
+        return out
+    rows = s.execute(
+        select(Job.batch_id, Job.status, func.count())
+        .where(Job.batch_id.in_(list(batch_ids)))
+        .group_by(Job.batch_id, Job.status)
+    )
+    for batch_id, status, count in rows:
+        out[batch_id][status] = count
+    return out
+
+
+def get_jobs(s: Session, tenant_id: str, job_ids: Sequence[str]) -> list[Job]:
+    """The tenant's jobs among ``job_ids``, in the order given (missing or foreign ids are left out)."""
+    if not job_ids:
+        return []
+    rows = {j.id: j for j in s.scalars(select(Job).where(Job.tenant_id == tenant_id, Job.id.in_(list(job_ids))))}
+    return [rows[j] for j in job_ids if j in rows]
+
+
+# --- references -------------------------------------------------------------------------------
+
+
+def reference_names(s: Session, tenant_id: str, ref_ids: Iterable[str | None]) -> dict[str, str]:
+    """Names of the tenant's references among ``ref_ids`` (deleted ones included: provenance)."""
+    ids = sorted({r for r in ref_ids if r})
+    if not ids:
+        return {}
+    rows = s.execute(select(Reference.id, Reference.name).where(Reference.tenant_id == tenant_id, Reference.id.in_(ids)))
+    return {ref_id: name for ref_id, name in rows}
+
+
+def get_references(s: Session, tenant_id: str, ref_ids: Sequence[str]) -> list[Reference]:
+    """The tenant's references among ``ref_ids``, in the order given."""
+    if not ref_ids:
+        return []
+    rows = {
+        r.id: r
+        for r in s.scalars(select(Reference).where(Reference.tenant_id == tenant_id, Reference.id.in_(list(ref_ids))))
+    }
+    return [rows[r] for r in ref_ids if r in rows]
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def job_duration_histogram(s: Session, bounds: Sequence[float]) -> tuple[list[int], int, float]:
+    """Cumulative counts of succeeded jobs' durations at each upper bound, plus total count and sum.
+
+    Computed in the database so the histogram covers every worker process on every machine (the
+    API never sees a job finish).
+    """
+    bounds = sorted(float(b) for b in bounds)
+    columns = [func.coalesce(func.sum(case((Job.duration_s <= b, 1), else_=0)), 0) for b in bounds]
+    row = s.execute(
+        select(*columns, func.count(), func.coalesce(func.sum(Job.duration_s), 0.0)).where(
+            Job.status == JOB_SUCCEEDED, Job.duration_s.is_not(None)
+        )
+    ).one()
+    counts = [int(v) for v in row[: len(bounds)]]
+    return counts, int(row[len(bounds)]), float(row[len(bounds) + 1])
+
+
+__all__ = [
+    "get_jobs",
+    "get_references",
+    "job_duration_histogram",
+    "list_batches_page",
+    "ping",
+    "reference_names",
+    "status_counts_for_batches",
+]

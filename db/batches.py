@@ -1,0 +1,298 @@
+"""Batches: a tenant's album of photos processed with one set of options, and its progress.
+
+A batch is ``open`` while jobs are added, ``submitted`` once complete (it then finishes by itself
+when every job is terminal), or ``cancelled``. Job listing uses keyset pagination on
+``(created_at, id)`` so a 50,000-photo batch pages in constant time and no job is skipped or seen
+twice while other jobs change status.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.jobs import check_reference_owner, normalize_options, record_events
+from db.models import (
+    BATCH_CANCELLED,
+    BATCH_FINISHED,
+    BATCH_OPEN,
+    BATCH_SUBMITTED,
+    JOB_ACTIVE,
+    JOB_CANCELLED,
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_STATUSES,
+    JOB_SUCCEEDED,
+    JOB_TERMINAL,
+    Batch,
+    InvalidCursor,
+    InvalidOptions,
+    InvalidTransition,
+    Job,
+    NotFound,
+    utcnow,
+)
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """What a client polling a batch wants to see.
+
+    ``throughput_per_min`` is measured over the jobs that already finished (count divided by the
+    span from the first start to the last finish); ``eta_s`` extrapolates it to the jobs left and
+    is ``None`` until there is a rate to extrapolate.
+    """
+
+    counts: dict[str, int]
+    total: int
+    done: int
+    done_fraction: float
+    throughput_per_min: float | None
+    eta_s: float | None
+
+
+def create_batch(
+    s: Session,
+    tenant_id: str,
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    webhook_url: str | None = None,
+) -> Batch:
+    """A new open batch; options are validated and completed with defaults."""
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise InvalidOptions("batch name must be 1 to 200 characters")
+    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+        raise InvalidOptions("webhook_url must be an http(s) URL")
+    opts = normalize_options(options)
+    check_reference_owner(s, tenant_id, opts)
+    batch = Batch(
+        tenant_id=tenant_id,
+        name=name,
+        options=opts,
+        status=BATCH_OPEN,
+        webhook_url=webhook_url,
+        total_jobs=0,
+        created_at=utcnow(),
+    )
+    s.add(batch)
+    s.flush()
+    return batch
+
+
+def get_batch(s: Session, tenant_id: str, batch_id: str) -> Batch | None:
+    """The batch if it belongs to ``tenant_id`` (another tenant's batch answers ``None``)."""
+    return s.scalar(select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id))
+
+
+def get_batch_any_tenant(s: Session, batch_id: str) -> Batch | None:
+    """Unscoped lookup for workers (ingest, reports, webhooks), which receive only an id."""
+    return s.get(Batch, batch_id)
+
+
+def list_batches(s: Session, tenant_id: str, limit: int = 100) -> list[Batch]:
+    """A tenant's batches, newest first."""
+    stmt = (
+        select(Batch)
+        .where(Batch.tenant_id == tenant_id)
+        .order_by(Batch.created_at.desc(), Batch.id.desc())
+        .limit(max(1, min(limit, MAX_PAGE)))
+    )
+    return list(s.scalars(stmt))
+
+
+def submit_batch(s: Session, tenant_id: str, batch_id: str) -> Batch:
+    """Close a batch to new jobs: open → submitted, ``total_jobs`` fixed at the current count.
+
+    Submit only after every job of the batch exists, or :func:`finish_batches` may finish it early.
+    """
+    total = s.scalar(select(func.count()).select_from(Job).where(Job.batch_id == batch_id)) or 0
+    result = s.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.tenant_id == tenant_id, Batch.status == BATCH_OPEN)
+        .values(status=BATCH_SUBMITTED, submitted_at=utcnow(), total_jobs=total)
+        .execution_options(synchronize_session="fetch")
+    )
+    batch = get_batch(s, tenant_id, batch_id)
+    if batch is None:
+        raise NotFound(f"batch {batch_id} not found")
+    if not result.rowcount:
+        raise InvalidTransition(f"batch {batch_id} is {batch.status}; only open batches can be submitted")
+    return batch
+
+
+def set_batch_report(s: Session, batch_id: str, report_key: str) -> None:
+    """Remember where the batch's report was written."""
+    s.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(report_key=report_key)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+def batch_status_counts(s: Session, batch_id: str) -> dict[str, int]:
+    """Job counts per status for one batch, every status present (served by ``(batch_id, status)``)."""
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    counts.update(
+        s.execute(select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)).all()
+    )
+    return counts
+
+
+def batch_progress(s: Session, batch_id: str) -> BatchProgress:
+    counts = batch_status_counts(s, batch_id)
+    total = sum(counts.values())
+    done = sum(counts[st] for st in JOB_TERMINAL)
+    n, first_start, last_finish = s.execute(
+        select(func.count(), func.min(Job.started_at), func.max(Job.finished_at)).where(
+            Job.batch_id == batch_id,
+            Job.status.in_((JOB_SUCCEEDED, JOB_FAILED)),
+            Job.started_at.is_not(None),
+            Job.finished_at.is_not(None),
+        )
+    ).one()
+    throughput = None
+    if n and first_start is not None and last_finish is not None:
+        span_min = (last_finish - first_start).total_seconds() / 60.0
+        if span_min > 0:
+            throughput = n / span_min
+    remaining = total - done
+    if remaining == 0:
+        eta = 0.0
+    elif throughput:
+        eta = remaining / throughput * 60.0
+    else:
+        eta = None
+    return BatchProgress(
+        counts=counts,
+        total=total,
+        done=done,
+        done_fraction=(done / total) if total else 0.0,
+        throughput_per_min=throughput,
+        eta_s=eta,
+    )
+
+
+def _encode_cursor(created_at: datetime, job_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(stamp)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidCursor("malformed pagination cursor") from exc
+    if created_at.tzinfo is None or len(job_id) != 36:
+        raise InvalidCursor("malformed pagination cursor")
+    return created_at, job_id
+
+
+def list_batch_jobs(
+    s: Session,
+    tenant_id: str,
+    batch_id: str,
+    status: str | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> tuple[list[Job], str | None]:
+    """One page of a batch's jobs in creation order, and the cursor of the next page (or ``None``)."""
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidOptions(f"status must be one of {', '.join(JOB_STATUSES)}")
+    limit = max(1, min(limit, MAX_PAGE))
+    stmt = select(Job).where(Job.tenant_id == tenant_id, Job.batch_id == batch_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if cursor:
+        after_at, after_id = _decode_cursor(cursor)
+        # The redundant ``>=`` lets both databases seek the (batch_id, created_at, id) index to the
+        # cursor instead of scanning the batch from its start on every page.
+        stmt = stmt.where(
+            Job.created_at >= after_at,
+            or_(Job.created_at > after_at, and_(Job.created_at == after_at, Job.id > after_id)),
+        )
+    jobs = list(s.scalars(stmt.order_by(Job.created_at, Job.id).limit(limit + 1)))
+    if len(jobs) <= limit:
+        return jobs, None
+    jobs = jobs[:limit]
+    return jobs, _encode_cursor(jobs[-1].created_at, jobs[-1].id)
+
+
+def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
+    """Cancel a batch: its queued jobs become cancelled (running ones finish); returns how many."""
+    if get_batch(s, tenant_id, batch_id) is None:
+        raise NotFound(f"batch {batch_id} not found")
+    now = utcnow()
+    ids = list(
+        s.scalars(
+            update(Job)
+            .where(Job.batch_id == batch_id, Job.tenant_id == tenant_id, Job.status == JOB_QUEUED)
+            .values(status=JOB_CANCELLED, finished_at=now, updated_at=now)
+            .returning(Job.id)
+            .execution_options(synchronize_session="fetch")
+        )
+    )
+    record_events(s, ids, JOB_QUEUED, JOB_CANCELLED, detail="batch cancelled", at=now)
+    s.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status.in_((BATCH_OPEN, BATCH_SUBMITTED)))
+        .values(status=BATCH_CANCELLED, finished_at=now)
+        .execution_options(synchronize_session="fetch")
+    )
+    return len(ids)
+
+
+def finish_batches(s: Session) -> list[Batch]:
+    """Mark submitted batches with no active job as finished; returns those this call finished.
+
+    One compare-and-set statement, so two maintenance runs never both finish (and both notify) the
+    same batch.
+    """
+    active = exists().where(Job.batch_id == Batch.id, Job.status.in_(JOB_ACTIVE))
+    ids = list(
+        s.scalars(
+            update(Batch)
+            .where(Batch.status == BATCH_SUBMITTED, ~active)
+            .values(status=BATCH_FINISHED, finished_at=utcnow())
+            .returning(Batch.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if not ids:
+        return []
+    return list(
+        s.scalars(
+            select(Batch)
+            .where(Batch.id.in_(ids))
+            .order_by(Batch.created_at)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+__all__ = [
+    "BatchProgress",
+    "batch_progress",
+    "batch_status_counts",
+    "cancel_batch",
+    "create_batch",
+    "finish_batches",
+    "get_batch",
+    "get_batch_any_tenant",
+    "list_batch_jobs",
+    "list_batches",
+    "set_batch_report",
+    "submit_batch",
+]

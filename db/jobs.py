@@ -1,0 +1,635 @@
+"""Job rows and their state machine: queued → running → succeeded | failed | cancelled.
+
+Every transition is a compare-and-set ``UPDATE … WHERE status = …`` whose row count says whether
+this caller won, and writes a ``job_events`` row in the same transaction. That is what lets a
+Celery task run twice at once (Redis redelivers past its visibility timeout) without recording a
+result twice: the claim bumps ``attempts``, and completion or failure only lands when the row is
+still ``running`` with the caller's attempt number, so a stale run records nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import (
+    JOB_ACTIVE,
+    JOB_CANCELLED,
+    JOB_FAILED,
+    JOB_QUEUED,
+    JOB_RUNNING,
+    JOB_STATUSES,
+    JOB_SUCCEEDED,
+    JOB_TERMINAL,
+    OUTPUT_FORMATS,
+    REF_DELETED,
+    REFERENCE_MODES,
+    REFERENCE_SOURCES,
+    TOO_MANY_ATTEMPTS,
+    Batch,
+    InvalidOptions,
+    InvalidTransition,
+    Job,
+    JobEvent,
+    JobReference,
+    NotFound,
+    QualityMetric,
+    Reference,
+    new_id,
+    utcnow,
+)
+
+MAX_ERROR_MESSAGE = 4000
+_IN_CHUNK = 500  # ids per IN (...) list: far below SQLite's bound-parameter limit
+
+# Reasons a claim can be refused (ClaimResult.reason).
+NOT_FOUND = "not_found"
+ALREADY_TERMINAL = "already_terminal"
+CANCELLED = "cancelled"
+CONFLICT = "conflict"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """Outcome of :func:`claim_job`.
+
+    ``claimed`` with ``attempt`` (1-based) when this caller may run the job and must pass
+    ``attempt`` to :func:`complete_job` / :func:`fail_job`. Otherwise ``reason`` is one of
+    ``not_found``, ``already_terminal`` (succeeded or failed), ``cancelled``,
+    ``too_many_attempts`` (the job was just moved to failed: the dead-letter rule) or
+    ``conflict`` (other claimers kept winning the race; rare, safe to drop the task).
+    """
+
+    claimed: bool
+    attempt: int
+    status: str | None
+    reason: str | None = None
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+def normalize_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate batch/job options and fill defaults; unknown keys are refused (typos fail loudly)."""
+    opts = dict(options or {})
+    known = {"reference_mode", "reference_id", "output_format", "working_size"}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise InvalidOptions(f"unknown option(s): {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+    mode = opts.get("reference_mode") or "auto"
+    if mode not in REFERENCE_MODES:
+        raise InvalidOptions(f"reference_mode must be one of {', '.join(REFERENCE_MODES)}, got {mode!r}")
+    ref_id = opts.get("reference_id")
+    if mode == "manual" and not ref_id:
+        raise InvalidOptions("reference_mode 'manual' needs a reference_id")
+    if ref_id is not None and mode != "manual":
+        raise InvalidOptions("reference_id is only used with reference_mode 'manual'")
+    if ref_id is not None and (not isinstance(ref_id, str) or len(ref_id) != 36):
+        raise InvalidOptions("reference_id must be a 36-character id")
+    fmt = opts.get("output_format") or "png"
+    if fmt not in OUTPUT_FORMATS:
+        raise InvalidOptions(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    size = opts.get("working_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 4096):
+        raise InvalidOptions(f"working_size must be an integer in [32, 4096], got {size!r}")
+    return {"reference_mode": mode, "reference_id": ref_id, "output_format": fmt, "working_size": size}
+
+
+def check_reference_owner(s: Session, tenant_id: str, options: Mapping[str, Any]) -> None:
+    """A manual reference must be one of the tenant's own live photos, never another tenant's."""
+    ref_id = options.get("reference_id")
+    if ref_id is None:
+        return
+    ref = s.get(Reference, ref_id)
+    if ref is None or ref.tenant_id != tenant_id or ref.status == REF_DELETED:
+        raise NotFound(f"reference {ref_id} not found")
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def record_events(
+    s: Session,
+    job_ids: Iterable[str],
+    from_status: str | None,
+    to_status: str,
+    *,
+    worker: str | None = None,
+    detail: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Append one audit row per job; call in the transaction that made the change."""
+    at = at or utcnow()
+    rows = [
+        {
+            "job_id": j,
+            "at": at,
+            "from_status": from_status,
+            "to_status": to_status,
+            "worker": worker,
+            "detail": detail,
+        }
+        for j in job_ids
+    ]
+    if rows:
+        s.execute(JobEvent.__table__.insert(), rows)
+
+
+def _transition(
+    s: Session,
+    job_id: str,
+    from_status: str,
+    to_status: str,
+    values: dict[str, Any],
+    *,
+    extra: Sequence[Any] = (),
+    worker: str | None = None,
+    detail: str | None = None,
+    returning: Sequence[Any] = (Job.id,),
+) -> Any | None:
+    """Compare-and-set one job from ``from_status``; on success write the event, return the row."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == from_status, *extra)
+        .values(status=to_status, **values)
+        .returning(*returning)
+        .execution_options(synchronize_session="fetch")
+    )
+    row = s.execute(stmt).first()
+    if row is not None:
+        record_events(
+            s, [job_id], from_status, to_status, worker=worker, detail=detail, at=values.get("updated_at")
+        )
+    return row
+
+
+def _truncate(message: str | None) -> str | None:
+    if message is None or len(message) <= MAX_ERROR_MESSAGE:
+        return message
+    return message[: MAX_ERROR_MESSAGE - 1] + "…"
+
+
+# --- creation and lookup ----------------------------------------------------------------------
+
+
+def create_job(
+    s: Session,
+    tenant_id: str,
+    batch_id: str | None,
+    input_key: str,
+    input_sha256: str | None,
+    input_name: str | None,
+    input_bytes: int | None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    job_id: str | None = None,
+) -> Job:
+    """Insert a queued job (and its creation event).
+
+    ``options`` default to the batch's. ``job_id`` lets the caller choose the id beforehand, so
+    the original can be stored under a key derived from it before the row exists.
+    """
+    if batch_id is not None:
+        batch = s.get(Batch, batch_id)
+        if batch is None or batch.tenant_id != tenant_id:
+            raise NotFound(f"batch {batch_id} not found")
+        if options is None:
+            options = dict(batch.options or {})
+    opts = normalize_options(options)
+    check_reference_owner(s, tenant_id, opts)
+    now = utcnow()
+    job = Job(
+        id=job_id or new_id(),
+        tenant_id=tenant_id,
+        batch_id=batch_id,
+        status=JOB_QUEUED,
+        attempts=0,
+        input_key=input_key,
+        input_sha256=input_sha256,
+        input_name=input_name,
+        input_bytes=input_bytes,
+        output_format=opts["output_format"],
+        reference_mode=opts["reference_mode"],
+        reference_id=opts["reference_id"],
+        created_at=now,
+        queued_at=now,
+        updated_at=now,
+    )
+    s.add(job)
+    s.flush()
+    record_events(s, [job.id], None, JOB_QUEUED, at=now)
+    return job
+
+
+def get_job(s: Session, tenant_id: str, job_id: str) -> Job | None:
+    """The job if it belongs to ``tenant_id``; another tenant's job is indistinguishable from none."""
+    return s.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+
+
+def get_job_any_tenant(s: Session, job_id: str) -> Job | None:
+    """Unscoped lookup for workers, which receive only a job id."""
+    return s.get(Job, job_id)
+
+
+def mark_sent(s: Session, job_ids: Sequence[str], *, now: datetime | None = None) -> int:
+    """Record that a task was sent for these (still active) jobs; returns how many rows changed."""
+    now = now or utcnow()
+    changed = 0
+    for i in range(0, len(job_ids), _IN_CHUNK):
+        chunk = list(job_ids[i : i + _IN_CHUNK])
+        result = s.execute(
+            update(Job)
+            .where(Job.id.in_(chunk), Job.status.in_(JOB_ACTIVE))
+            .values(sent_at=now, updated_at=now)
+            .execution_options(synchronize_session="fetch")
+        )
+        changed += result.rowcount or 0
+    return changed
+
+
+# --- the worker's side of the state machine ---------------------------------------------------
+
+
+def claim_job(s: Session, job_id: str, worker: str, max_attempts: int) -> ClaimResult:
+    """Compare-and-set claim: queued or running with attempts left → running, attempts + 1.
+
+    Claiming a job that is already running is allowed on purpose: it is how a task redelivered
+    after a worker died takes over; the old run's attempt number becomes stale. A job that is
+    active but out of attempts is moved to ``failed`` with code ``too_many_attempts``.
+    """
+    for _ in range(3):
+        now = utcnow()
+        for from_status in (JOB_QUEUED, JOB_RUNNING):
+            row = _transition(
+                s,
+                job_id,
+                from_status,
+                JOB_RUNNING,
+                {
+                    "attempts": Job.attempts + 1,
+                    "started_at": now,
+                    "finished_at": None,
+                    "worker": worker,
+                    "updated_at": now,
+                },
+                extra=(Job.attempts < max_attempts,),
+                worker=worker,
+                detail="claimed",
+                returning=(Job.attempts,),
+            )
+            if row is not None:
+                return ClaimResult(True, row.attempts, JOB_RUNNING)
+
+        current = s.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).first()
+        if current is None:
+            return ClaimResult(False, 0, None, NOT_FOUND)
+        if current.status in JOB_TERMINAL:
+            reason = CANCELLED if current.status == JOB_CANCELLED else ALREADY_TERMINAL
+            return ClaimResult(False, current.attempts, current.status, reason)
+        if current.attempts >= max_attempts:
+            failed = _transition(
+                s,
+                job_id,
+                current.status,
+                JOB_FAILED,
+                {
+                    "error_code": TOO_MANY_ATTEMPTS,
+                    "error_message": f"gave up after {current.attempts} attempts (limit {max_attempts})",
+                    "finished_at": now,
+                    "updated_at": now,
+                },
+                extra=(Job.attempts == current.attempts,),
+                worker=worker,
+                detail=TOO_MANY_ATTEMPTS,
+            )
+            if failed is not None:
+                return ClaimResult(False, current.attempts, JOB_FAILED, TOO_MANY_ATTEMPTS)
+        # Another claimer changed the row between our statements (PostgreSQL); look again.
+    return ClaimResult(False, 0, None, CONFLICT)
+
+
+def _dialect_insert(s: Session, model: type) -> Any:
+    name = s.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(model)
+    if name == "sqlite":
+        return sqlite.insert(model)
+    raise NotImplementedError(f"upsert not implemented for {name}")
+
+
+def _store_metrics(s: Session, job_id: str, metrics: Mapping[str, float]) -> None:
+    rows = [
+        {"job_id": job_id, "name": str(name), "value": float(value)}
+        for name, value in metrics.items()
+        if value is not None and math.isfinite(float(value))
+    ]
+    if not rows:
+        return
+    stmt = _dialect_insert(s, QualityMetric)
+    s.execute(
+        stmt.on_conflict_do_update(index_elements=["job_id", "name"], set_={"value": stmt.excluded.value}),
+        rows,
+    )
+
+
+def _store_references(s: Session, job_id: str, references: Sequence[Mapping[str, Any]]) -> str | None:
+    """Upsert the scored candidates; returns the id of the reference marked ``used``, if any."""
+    rows, used_id = [], None
+    for i, ref in enumerate(references):
+        source = ref.get("source", "retrieval")
+        if source not in REFERENCE_SOURCES:
+            raise InvalidOptions(
+                f"reference source must be one of {', '.join(REFERENCE_SOURCES)}, got {source!r}"
+            )
+        used = bool(ref.get("used", False))
+        if used and ref.get("reference_id"):
+            used_id = ref["reference_id"]
+        rows.append(
+            {
+                "id": new_id(),
+                "job_id": job_id,
+                "reference_id": ref.get("reference_id"),
+                "rank": int(ref.get("rank", i)),
+                "total": ref.get("total"),
+                "texture": ref.get("texture"),
+                "structure": ref.get("structure"),
+                "used": used,
+                "source": source,
+            }
+        )
+    if rows:
+        stmt = _dialect_insert(s, JobReference)
+        cols = ("reference_id", "total", "texture", "structure", "used", "source")
+        s.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["job_id", "rank"], set_={c: getattr(stmt.excluded, c) for c in cols}
+            ),
+            rows,
+        )
+    return used_id
+
+
+def complete_job(
+    s: Session,
+    job_id: str,
+    attempt: int,
+    output_key: str,
+    *,
+    model_name: str | None = None,
+    checkpoint_sha256: str | None = None,
+    device: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    metrics: Mapping[str, float] | None = None,
+    references: Sequence[Mapping[str, Any]] | None = None,
+    worker: str | None = None,
+) -> bool:
+    """Record a successful run; ``False`` (and nothing written) unless this is still the live attempt.
+
+    ``references`` are dicts with ``reference_id, rank, total, texture, structure, used, source``;
+    the one with ``used=True`` becomes the job's ``reference_id``. Metric and reference rows are
+    upserts, so even a replayed call cannot duplicate them.
+    """
+    now = utcnow()
+    row = _transition(
+        s,
+        job_id,
+        JOB_RUNNING,
+        JOB_SUCCEEDED,
+        {
+            "output_key": output_key,
+            "model_name": model_name,
+            "checkpoint_sha256": checkpoint_sha256,
+            "device": device,
+            "width": width,
+            "height": height,
+            "finished_at": now,
+            "updated_at": now,
+            "error_code": None,
+            "error_message": None,
+        },
+        extra=(Job.attempts == attempt,),
+        worker=worker,
+        detail=f"attempt {attempt}",
+        returning=(Job.started_at,),
+    )
+    if row is None:
+        return False
+    extra: dict[str, Any] = {}
+    if row.started_at is not None:
+        extra["duration_s"] = max(0.0, (now - row.started_at).total_seconds())
+    if metrics:
+        _store_metrics(s, job_id, metrics)
+    if references:
+        used_id = _store_references(s, job_id, references)
+        if used_id is not None:
+            extra["reference_id"] = used_id
+    if extra:
+        s.execute(
+            update(Job).where(Job.id == job_id).values(**extra).execution_options(synchronize_session="fetch")
+        )
+    return True
+
+
+def fail_job(
+    s: Session,
+    job_id: str,
+    attempt: int | None,
+    code: str,
+    message: str | None,
+    *,
+    worker: str | None = None,
+) -> bool:
+    """Move a job to ``failed`` with an error code; CAS like :func:`complete_job`.
+
+    With ``attempt`` the job must be running that attempt (a worker's verdict). With ``None`` any
+    active job is failed (e.g. bad input found before a worker ran it).
+    """
+    now = utcnow()
+    values = {"error_code": code, "error_message": _truncate(message), "finished_at": now, "updated_at": now}
+    if attempt is not None:
+        extra = (Job.attempts == attempt,)
+        return (
+            _transition(s, job_id, JOB_RUNNING, JOB_FAILED, values, extra=extra, worker=worker, detail=code)
+            is not None
+        )
+    return any(
+        _transition(s, job_id, status, JOB_FAILED, values, worker=worker, detail=code) is not None
+        for status in JOB_ACTIVE
+    )
+
+
+# --- the operator's side ----------------------------------------------------------------------
+
+
+def retry_job(s: Session, tenant_id: str, job_id: str) -> Job:
+    """Re-queue a failed job with a fresh attempt budget (its batch, if finished, reopens)."""
+    now = utcnow()
+    row = _transition(
+        s,
+        job_id,
+        JOB_FAILED,
+        JOB_QUEUED,
+        {
+            "attempts": 0,
+            "error_code": None,
+            "error_message": None,
+            "output_key": None,
+            "worker": None,
+            "queued_at": now,
+            "sent_at": None,
+            "started_at": None,
+            "finished_at": None,
+            "duration_s": None,
+            "updated_at": now,
+        },
+        extra=(Job.tenant_id == tenant_id,),
+        detail="retry requested",
+        returning=(Job.batch_id,),
+    )
+    if row is None:
+        job = get_job(s, tenant_id, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        raise InvalidTransition(f"job {job_id} is {job.status}; only failed jobs can be retried")
+    if row.batch_id is not None:
+        # The batch was (or may be) finished; put it back so finish_batches reports it again.
+        s.execute(
+            update(Batch)
+            .where(Batch.id == row.batch_id, Batch.status == "finished")
+            .values(status="submitted", finished_at=None)
+            .execution_options(synchronize_session="fetch")
+        )
+    job = s.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    return job
+
+
+def find_stuck_jobs(
+    s: Session,
+    now: datetime,
+    queued_older_than_s: float,
+    running_older_than_s: float,
+    limit: int = 500,
+) -> list[str]:
+    """Ids of jobs whose task was sent long ago but which never finished: the broker lost them.
+
+    Queued jobs count from ``sent_at`` (never-sent ones are the metering's business, not stuck);
+    running jobs count from ``sent_at`` too, so a job that was just re-sent is not picked again on
+    the next sweep (falling back to ``started_at`` for jobs never sent through the queue).
+    Served by the ``(status, sent_at)`` index.
+    """
+    q_cut = now - timedelta(seconds=queued_older_than_s)
+    r_cut = now - timedelta(seconds=running_older_than_s)
+    stmt = (
+        select(Job.id)
+        .where(
+            or_(
+                and_(Job.status == JOB_QUEUED, Job.sent_at < q_cut),
+                and_(Job.status == JOB_RUNNING, Job.sent_at < r_cut),
+                and_(Job.status == JOB_RUNNING, Job.sent_at.is_(None), Job.started_at < r_cut),
+            )
+        )
+        .order_by(Job.sent_at, Job.id)
+        .limit(limit)
+    )
+    return list(s.scalars(stmt))
+
+
+def jobs_to_send(s: Session, tenant_backlog_limit: int) -> list[Job]:
+    """The next jobs to hand to the broker, metered per tenant.
+
+    Each tenant may have at most ``tenant_backlog_limit`` jobs in flight (running, or queued with a
+    task already sent); it gets its oldest unsent queued jobs up to that room. The result is
+    interleaved round-robin across tenants (fewest in flight first), so a small tenant's photos are
+    not queued behind a large tenant's slice. The caller sends the tasks after commit, then calls
+    :func:`mark_sent`.
+    """
+    in_flight = dict(
+        s.execute(
+            select(Job.tenant_id, func.count())
+            .where(or_(Job.status == JOB_RUNNING, and_(Job.status == JOB_QUEUED, Job.sent_at.is_not(None))))
+            .group_by(Job.tenant_id)
+        ).all()
+    )
+    waiting = s.scalars(
+        select(Job.tenant_id).where(Job.status == JOB_QUEUED, Job.sent_at.is_(None)).distinct()
+    ).all()
+    per_tenant: list[list[Job]] = []
+    # Least-served tenants first, so within each round-robin turn they go ahead.
+    for tenant_id in sorted(waiting, key=lambda t: (in_flight.get(t, 0), t)):
+        room = tenant_backlog_limit - in_flight.get(tenant_id, 0)
+        if room <= 0:
+            continue
+        per_tenant.append(
+            list(
+                s.scalars(
+                    select(Job)
+                    .where(Job.tenant_id == tenant_id, Job.status == JOB_QUEUED, Job.sent_at.is_(None))
+                    .order_by(Job.created_at, Job.id)
+                    .limit(room)
+                )
+            )
+        )
+    interleaved: list[Job] = []
+    for rank in range(max((len(jobs) for jobs in per_tenant), default=0)):
+        interleaved.extend(jobs[rank] for jobs in per_tenant if rank < len(jobs))
+    return interleaved
+
+
+# --- results and figures ----------------------------------------------------------------------
+
+
+def job_metrics(s: Session, job_id: str) -> dict[str, float]:
+    rows = s.execute(select(QualityMetric.name, QualityMetric.value).where(QualityMetric.job_id == job_id))
+    return {name: value for name, value in rows}
+
+
+def job_reference_rows(s: Session, job_id: str) -> list[JobReference]:
+    return list(
+        s.scalars(select(JobReference).where(JobReference.job_id == job_id).order_by(JobReference.rank))
+    )
+
+
+def job_events(s: Session, job_id: str) -> list[JobEvent]:
+    return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+
+
+def jobs_by_status(s: Session) -> dict[str, int]:
+    """Job counts per status over all tenants (the Prometheus gauge); every status present."""
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    counts.update(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+    return counts
+
+
+__all__ = [
+    "ALREADY_TERMINAL",
+    "CANCELLED",
+    "CONFLICT",
+    "NOT_FOUND",
+    "ClaimResult",
+    "check_reference_owner",
+    "claim_job",
+    "complete_job",
+    "create_job",
+    "fail_job",
+    "find_stuck_jobs",
+    "get_job",
+    "get_job_any_tenant",
+    "job_events",
+    "job_metrics",
+    "job_reference_rows",
+    "jobs_by_status",
+    "jobs_to_send",
+    "mark_sent",
+    "normalize_options",
+    "record_events",
+    "retry_job",
+]

@@ -1,0 +1,307 @@
+"""The schema as SQLAlchemy 2.x models, plus the vocabulary shared by every query module.
+
+The tables are created only by the Alembic migrations in ``db/migrations``; this metadata is the
+reference those migrations are checked against (tests compare them with ``compare_metadata``).
+Statuses are plain strings guarded by CHECK constraints rather than database enums, so adding a
+status is an ordinary migration on both SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# --- vocabulary -------------------------------------------------------------------------------
+
+JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+)
+JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+JOB_ACTIVE = (JOB_QUEUED, JOB_RUNNING)
+JOB_TERMINAL = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+
+BATCH_OPEN, BATCH_SUBMITTED, BATCH_FINISHED, BATCH_CANCELLED = "open", "submitted", "finished", "cancelled"
+BATCH_STATUSES = (BATCH_OPEN, BATCH_SUBMITTED, BATCH_FINISHED, BATCH_CANCELLED)
+
+REF_PENDING, REF_INDEXED, REF_FAILED, REF_DELETED = "pending", "indexed", "failed", "deleted"
+REFERENCE_STATUSES = (REF_PENDING, REF_INDEXED, REF_FAILED, REF_DELETED)
+
+REFERENCE_MODES = ("auto", "manual", "none")
+OUTPUT_FORMATS = ("png", "jpeg", "tiff16")
+REFERENCE_SOURCES = ("retrieval", "manual", "fallback")
+
+# Error code written by the dead-letter rule when a job keeps failing to finish.
+TOO_MANY_ATTEMPTS = "too_many_attempts"
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class DatabaseError(Exception):
+    """Base of the errors the query functions raise for caller mistakes (not driver failures)."""
+
+
+class NotFound(DatabaseError, LookupError):
+    """The row does not exist or belongs to another tenant (callers answer 404 either way)."""
+
+
+class TenantExists(DatabaseError):
+    """A tenant with that name already exists."""
+
+
+class InvalidTransition(DatabaseError):
+    """The requested state change is not allowed from the row's current status."""
+
+
+class InvalidOptions(DatabaseError, ValueError):
+    """Batch or job options outside the allowed values."""
+
+
+class InvalidCursor(DatabaseError, ValueError):
+    """A pagination cursor that this code did not produce (or that was altered)."""
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC; every timestamp in the schema is written through this."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """36-character uuid4 string: portable across SQLite and PostgreSQL, safe to expose in URLs."""
+    return str(uuid.uuid4())
+
+
+def _status_check(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that always hands back aware UTC datetimes.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so values are stored as naive
+    UTC text (fixed width, so text order is time order) and re-tagged as UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use db.models.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments an ``INTEGER PRIMARY KEY``; PostgreSQL gets a 64-bit identity.
+EventId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+Id = String(36)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Tenant(id={self.id!r}, name={self.name!r})"
+
+
+class ApiKey(Base):
+    """An API key; only ``sha256(full key)`` is stored (see ``db.tenants`` for why unsalted)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    tenant: Mapped[Tenant] = relationship(lazy="joined")
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint(_status_check("status", BATCH_STATUSES), name="status"),
+        Index("ix_batches_tenant_id_created_at", "tenant_id", "created_at"),
+        Index("ix_batches_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default=BATCH_OPEN)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    total_jobs: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    submitted_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    report_key: Mapped[str | None] = mapped_column(String(1024))
+
+
+class Reference(Base):
+    """A colour photo in a tenant's reference corpus; ``descriptor`` is its retrieval feature blob."""
+
+    __tablename__ = "references"
+    __table_args__ = (
+        CheckConstraint(_status_check("status", REFERENCE_STATUSES), name="status"),
+        UniqueConstraint("tenant_id", "sha256"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(500))
+    object_key: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=REF_PENDING)
+    descriptor: Mapped[bytes | None] = mapped_column(LargeBinary)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    indexed_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    """One photo to restore. ``attempts`` lives here because the broker cannot count redeliveries."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_status_check("status", JOB_STATUSES), name="status"),
+        Index("ix_jobs_batch_id_status", "batch_id", "status"),
+        Index("ix_jobs_status_sent_at", "status", "sent_at"),
+        Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
+        # Keyset pagination of a batch's jobs in creation order.
+        Index("ix_jobs_batch_id_created_at_id", "batch_id", "created_at", "id"),
+        # Fair metering: a tenant's oldest unsent queued jobs without scanning other tenants.
+        Index("ix_jobs_tenant_id_status_sent_at_created_at", "tenant_id", "status", "sent_at", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16), default=JOB_QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    input_key: Mapped[str] = mapped_column(String(1024))
+    input_sha256: Mapped[str | None] = mapped_column(String(64))
+    input_name: Mapped[str | None] = mapped_column(String(500))
+    input_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    output_key: Mapped[str | None] = mapped_column(String(1024))
+    output_format: Mapped[str] = mapped_column(String(16), default="png")
+    reference_mode: Mapped[str] = mapped_column(String(16), default="auto")
+    reference_id: Mapped[str | None] = mapped_column(ForeignKey("references.id", ondelete="SET NULL"))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    model_name: Mapped[str | None] = mapped_column(String(200))
+    checkpoint_sha256: Mapped[str | None] = mapped_column(String(64))
+    device: Mapped[str | None] = mapped_column(String(64))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    queued_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, status={self.status!r}, attempts={self.attempts})"
+
+
+class JobReference(Base):
+    """A reference candidate scored for a job (or the manual choice); ``used`` marks the one applied."""
+
+    __tablename__ = "job_references"
+    __table_args__ = (
+        UniqueConstraint("job_id", "rank"),
+        CheckConstraint(_status_check("source", REFERENCE_SOURCES), name="source"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    reference_id: Mapped[str | None] = mapped_column(ForeignKey("references.id", ondelete="SET NULL"))
+    rank: Mapped[int]
+    total: Mapped[float | None] = mapped_column(Float)
+    texture: Mapped[float | None] = mapped_column(Float)
+    structure: Mapped[float | None] = mapped_column(Float)
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(16), default="retrieval")
+
+
+class QualityMetric(Base):
+    __tablename__ = "quality_metrics"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class JobEvent(Base):
+    """Audit trail: one row per job state change, written in the same transaction as the change."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,84 @@
+"""A tenant's reference corpus: de-duplication by hash, indexing, soft delete."""
+
+from __future__ import annotations
+
+import pytest
+
+from db import migrate
+from db.batches import create_batch
+from db.jobs import create_job
+from db.models import InvalidOptions, NotFound
+from db.references import (
+    add_reference,
+    delete_reference,
+    get_reference,
+    get_reference_any_tenant,
+    indexed_descriptors,
+    list_references,
+    mark_reference_failed,
+    mark_reference_indexed,
+)
+from db.session import dispose_engine, session_scope
+from db.tenants import create_tenant
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def url(request: pytest.FixtureRequest):
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+    migrate.upgrade(url)
+    yield url
+    dispose_engine(url)
+
+
+def test_reference_lifecycle(url: str) -> None:
+    blob = bytes(range(256)) * 4
+    with session_scope(url) as s:
+        acme, other = create_tenant(s, "acme").id, create_tenant(s, "other").id
+        a = add_reference(s, acme, "beach.jpg", "refs/a", "a" * 64)
+        b = add_reference(s, acme, "forest.jpg", "refs/b", "b" * 64)
+        assert add_reference(s, acme, "beach-copy.jpg", "refs/a2", "a" * 64).id == a.id  # same bytes
+        theirs = add_reference(s, other, "beach.jpg", "refs/o", "a" * 64)
+        assert theirs.id != a.id
+        assert (a.status, a.descriptor) == ("pending", None)
+    with session_scope(url) as s:
+        assert mark_reference_indexed(s, a.id, blob)
+        assert mark_reference_failed(s, b.id, "not an image")
+    with session_scope(url) as s:
+        assert indexed_descriptors(s, acme) == [(a.id, blob)]
+        assert indexed_descriptors(s, other) == []
+        assert [r.id for r in list_references(s, acme)] == [a.id, b.id]
+        assert [r.id for r in list_references(s, acme, status="failed")] == [b.id]
+        assert get_reference(s, acme, b.id).error == "not an image"
+        assert get_reference(s, other, a.id) is None
+        with pytest.raises(InvalidOptions):
+            list_references(s, acme, status="bogus")
+    with session_scope(url) as s:
+        assert not delete_reference(s, other, a.id)
+        assert delete_reference(s, acme, a.id)
+        assert not delete_reference(s, acme, a.id)
+        assert not mark_reference_indexed(s, a.id, blob)  # a late indexer cannot resurrect it
+    with session_scope(url) as s:
+        assert indexed_descriptors(s, acme) == []
+        assert get_reference(s, acme, a.id) is None
+        assert get_reference(s, acme, a.id, include_deleted=True).descriptor is None
+        assert [r.id for r in list_references(s, acme)] == [b.id]
+        assert get_reference_any_tenant(s, a.id).status == "deleted"
+        revived = add_reference(s, acme, "beach.jpg", "refs/a3", "a" * 64)
+        assert (revived.id, revived.status, revived.object_key) == (a.id, "pending", "refs/a3")
+
+
+def test_a_manual_reference_must_be_the_tenants_own(url: str) -> None:
+    with session_scope(url) as s:
+        acme, other = create_tenant(s, "acme").id, create_tenant(s, "other").id
+        mine = add_reference(s, acme, "mine.jpg", "refs/m", "m" * 64).id
+        theirs = add_reference(s, other, "theirs.jpg", "refs/t", "t" * 64).id
+        batch = create_batch(s, acme, "album", {"reference_mode": "manual", "reference_id": mine})
+        assert create_job(s, acme, batch.id, "in/1", None, None, None).reference_id == mine
+        with pytest.raises(NotFound):
+            create_batch(s, acme, "album", {"reference_mode": "manual", "reference_id": theirs})
+        with pytest.raises(NotFound):
+            create_job(
+                s, acme, None, "in/2", None, None, None, {"reference_mode": "manual", "reference_id": theirs}
+            )
+        with pytest.raises(InvalidOptions):
+            create_batch(s, acme, "album", {"reference_mode": "none", "reference_id": mine})
