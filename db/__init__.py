@@ -37,6 +37,8 @@ from db.references import __all__ as _references
 from db.session import dispose_engine, dispose_engines, get_engine, make_sessionmaker, session_scope
 from db.tenants import *  # noqa: F403
 from db.tenants import __all__ as _tenants
+from db.workflow import *  # noqa: F403
+from db.workflow import __all__ as _workflow
 
 __all__ = [
     "JOB_ACTIVE",
@@ -67,4 +69,5 @@ __all__ = [
     *_jobs,
     *_references,
     *_tenants,
+    *_workflow,
 ]

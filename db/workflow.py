@@ -14,6 +14,15 @@ from db.jobs import create_job, fail_job
 from db.models import Job, Reference, Tenant
 from db.tenants import create_tenant
 
+__all__ = [
+    "SKIPPED_MEMBER",
+    "create_failed_job",
+    "create_job_once",
+    "get_or_create_tenant",
+    "iter_batch_jobs",
+    "reference_name",
+]
+
 SKIPPED_MEMBER = "skipped_member"
 
 
