@@ -1,0 +1,63 @@
+"""Beat tasks: the database is the source of truth, the broker only a delivery mechanism.
+
+- ``resend_stuck_jobs``: jobs queued-and-sent or running for longer than the deadline are sent again
+  (the broker may have lost them: Redis restarted or flushed, a worker vanished). Sending twice is safe:
+  the claim and completion are compare-and-set, results go to deterministic keys.
+- ``dispatch_queued_jobs``: meters waiting jobs into the broker within each tenant's backlog allowance.
+- ``finish_batches``: marks batches whose jobs are all terminal as finished, writes the batch report and
+  calls the batch webhook.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from db import repository as repo
+from db.session import session_scope
+from workers.app import app
+from workers.dispatch import dispatch, send_jobs
+from workers.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name="pikfix.maintenance.resend_stuck_jobs")
+def resend_stuck_jobs() -> int:
+    runtime = get_runtime()
+    s_ = runtime.settings
+    with session_scope(runtime.database_url) as s:
+        job_ids = repo.find_stuck_jobs(
+            s,
+            now=datetime.now(UTC),
+            queued_older_than_s=s_.job_stuck_after_s,
+            running_older_than_s=s_.job_hard_time_limit_s + 60,
+            limit=1000,
+        )
+        repo.mark_sent(s, job_ids)
+    send_jobs(job_ids)
+    if job_ids:
+        log.warning("re-sent %d stuck jobs", len(job_ids))
+    return len(job_ids)
+
+
+@app.task(name="pikfix.maintenance.dispatch_queued_jobs")
+def dispatch_queued_jobs() -> int:
+    return dispatch(get_runtime())
+
+
+@app.task(name="pikfix.maintenance.finish_batches")
+def finish_batches() -> list[str]:
+    from workers.batch_report import publish_batch_report
+    from workers.webhooks import call_batch_webhook
+
+    runtime = get_runtime()
+    with session_scope(runtime.database_url) as s:
+        finished = [b.id for b in repo.finish_batches(s)]
+    for batch_id in finished:
+        try:
+            publish_batch_report(runtime, batch_id)
+        except Exception:
+            log.exception("report for batch %s failed", batch_id)
+        call_batch_webhook(runtime, batch_id)
+    return finished
