@@ -13,6 +13,7 @@ import logging
 import torch
 from torch import nn
 from torchvision import models
+from torchvision.models.resnet import BasicBlock
 
 from pikfix.uri import read_uri_bytes
 
@@ -46,19 +47,75 @@ def gray_to_rgb(luminance: torch.Tensor) -> torch.Tensor:
     return luminance.expand(-1, 3, -1, -1) if luminance.shape[1] == 1 else luminance
 
 
+RESNET34_WIDTHS = (64, 128, 256, 512)
+RESNET34_BLOCKS = (3, 4, 6, 3)
+
+
+def _resnet34_layers(widths: tuple[int, ...]) -> tuple[nn.Module, list[nn.Sequential]]:
+    """ResNet34's stem and four stages ([3, 4, 6, 3] BasicBlocks) at arbitrary widths.
+
+    torchvision's ``resnet34`` fixes the widths at 64..512; the lite configuration needs the same
+    layout narrower, so it is rebuilt here from torchvision's ``BasicBlock`` with the same module
+    layout as the standard-width features below (``stem.0``, ``stem.1``, ``layerN.M.conv1`` ...), so
+    state_dict keys are the same at every width.
+    """
+    stem = nn.Sequential(
+        nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(widths[0]),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+    layers: list[nn.Sequential] = []
+    inplanes = widths[0]
+    for index, (planes, count) in enumerate(zip(widths, RESNET34_BLOCKS, strict=True)):
+        stride = 1 if index == 0 else 2
+        downsample = None
+        if stride != 1 or inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+        blocks = [BasicBlock(inplanes, planes, stride, downsample)]
+        blocks += [BasicBlock(planes, planes) for _ in range(count - 1)]
+        layers.append(nn.Sequential(*blocks))
+        inplanes = planes
+    for module in [stem, *layers]:
+        for m in module.modules():  # torchvision's ResNet initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return stem, layers
+
+
 class ResNet34Features(nn.Module):
-    """ResNet34 layer1..layer4 feature maps (strides 4, 8, 16, 32), as the similarity sub-net uses."""
+    """ResNet34 layer1..layer4 feature maps (strides 4, 8, 16, 32), as the similarity sub-net uses.
 
-    channels = (64, 128, 256, 512)
+    ``widths`` narrows the network (same [3, 4, 6, 3] BasicBlock layout); ImageNet ``weights`` (a
+    torchvision resnet34 state_dict file) only fit the standard widths.
+    """
 
-    def __init__(self, weights: str | None = None) -> None:
+    channels: tuple[int, ...] = RESNET34_WIDTHS
+
+    def __init__(self, weights: str | None = None, widths: tuple[int, ...] = RESNET34_WIDTHS) -> None:
         super().__init__()
-        net = models.resnet34(weights=None)
-        if weights:
-            net.load_state_dict(load_state_dict_file(weights))
-            log.info("ResNet34 ImageNet weights loaded from %s", weights)
-        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        widths = tuple(widths)
+        if len(widths) != 4:
+            raise ValueError(f"ResNet34 needs four stage widths, got {widths}")
+        if weights and widths != RESNET34_WIDTHS:
+            raise ValueError(f"ImageNet ResNet34 weights need widths {RESNET34_WIDTHS}, not {widths}")
+        if widths == RESNET34_WIDTHS:
+            net = models.resnet34(weights=None)
+            if weights:
+                net.load_state_dict(load_state_dict_file(weights))
+                log.info("ResNet34 ImageNet weights loaded from %s", weights)
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+            self.layer1, self.layer2, self.layer3, self.layer4 = (
+                net.layer1,
+                net.layer2,
+                net.layer3,
+                net.layer4,
+            )
+        else:
+            self.stem, (self.layer1, self.layer2, self.layer3, self.layer4) = _resnet34_layers(widths)
+        self.channels = widths
         self.pretrained = bool(weights)
 
     def forward(self, rgb01: torch.Tensor) -> list[torch.Tensor]:
@@ -81,7 +138,9 @@ class VGG19Features(nn.Module):
         net = models.vgg19(weights=None)
         if weights:
             state = load_state_dict_file(weights)
-            features_only = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+            features_only = {
+                k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")
+            }
             net.features.load_state_dict(features_only or state)
             log.info("VGG19 ImageNet weights loaded from %s", weights)
         last = VGG19_STAGE_ENDS[stages - 1]
