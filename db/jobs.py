@@ -522,8 +522,9 @@ def find_stuck_jobs(
     """Ids of jobs whose task was sent long ago but which never finished: the broker lost them.
 
     Queued jobs count from ``sent_at`` (never-sent ones are the metering's business, not stuck);
-    running jobs count from ``sent_at`` too, so a job that was just re-sent is not picked again on
-    the next sweep (falling back to ``started_at`` for jobs never sent through the queue).
+    running jobs count from the later of ``started_at`` and ``sent_at``: a job that waited long in
+    the queue and only just started is not stuck, and one that was just re-sent is not picked again
+    on the next sweep.
     Served by the ``(status, sent_at)`` index.
     """
     q_cut = now - timedelta(seconds=queued_older_than_s)
@@ -533,8 +534,11 @@ def find_stuck_jobs(
         .where(
             or_(
                 and_(Job.status == JOB_QUEUED, Job.sent_at < q_cut),
-                and_(Job.status == JOB_RUNNING, Job.sent_at < r_cut),
-                and_(Job.status == JOB_RUNNING, Job.sent_at.is_(None), Job.started_at < r_cut),
+                and_(
+                    Job.status == JOB_RUNNING,
+                    Job.started_at < r_cut,
+                    or_(Job.sent_at.is_(None), Job.sent_at < r_cut),
+                ),
             )
         )
         .order_by(Job.sent_at, Job.id)

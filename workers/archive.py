@@ -6,9 +6,11 @@ streaming each member (a forged header cannot make us inflate more than it decla
 
 from __future__ import annotations
 
+import lzma
 import posixpath
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -96,7 +98,7 @@ def iter_images(
             try:
                 with archive.open(info) as member:
                     data = member.read(info.file_size + 1)
-            except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError, EOFError) as exc:
+            except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, RuntimeError, NotImplementedError, OSError, EOFError) as exc:
                 yield Skipped(info.filename, f"unreadable member: {exc}")
                 continue
             if len(data) > info.file_size:

@@ -48,7 +48,7 @@ def restore_job(self, job_id: str) -> str:
         _fail_active(runtime, job_id, "time_limit", f"exceeded the {runtime.settings.job_soft_time_limit_s} s time limit")
         return "failed"
     except TransientError as exc:
-        if self.request.retries >= MAX_TRANSIENT_RETRIES or app.conf.task_always_eager:
+        if self.request.retries >= MAX_TRANSIENT_RETRIES or self.request.is_eager:
             fail_after_retries(runtime, job_id, exc)
             return "failed"
         log.warning("job %s: transient error, retry %d: %s", job_id, self.request.retries + 1, exc)
@@ -59,7 +59,7 @@ def restore_job(self, job_id: str) -> str:
         _fail_active(runtime, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
         return "failed"
     log.info("job %s %s %s", job_id, outcome.status, outcome.detail)
-    if outcome.status != "skipped" and not app.conf.task_always_eager:
+    if outcome.status != "skipped" and not self.request.is_eager:
         _send_next(runtime, job_id)
     return outcome.status
 

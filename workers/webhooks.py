@@ -49,5 +49,6 @@ def call_batch_webhook(runtime, batch_id: str, attempts: int = 3, timeout_s: flo
                     return True
         except OSError as exc:
             log.warning("webhook for batch %s attempt %d failed: %s", batch_id, attempt + 1, exc)
-        time.sleep(min(2**attempt, 5))
+        if attempt + 1 < attempts:
+            time.sleep(min(2**attempt, 5))
     return False

@@ -267,21 +267,22 @@ def test_queries_are_scoped_by_tenant(url: str) -> None:
 
 def test_stuck_job_query_finds_old_queued_and_running_jobs_only(url: str) -> None:
     tenant_id, batch_id = _tenant_and_batch(url)
-    ids = _jobs(url, tenant_id, batch_id, 7)
-    never_sent, old_queued, new_queued, old_running, new_running, old_done, old_unsent_running = ids
+    ids = _jobs(url, tenant_id, batch_id, 8)
+    never_sent, old_queued, new_queued, old_running, new_running, old_done, old_unsent_running, waited = ids
     now = utcnow()
     old, recent = now - timedelta(hours=2), now - timedelta(seconds=30)
     with session_scope(url) as s:
-        mark_sent(s, [old_queued, old_running, old_done], now=old)
+        mark_sent(s, [old_queued, old_running, old_done, waited], now=old)
         mark_sent(s, [new_queued, new_running], now=recent)
-        for job_id in (old_running, new_running, old_done, old_unsent_running):
+        for job_id in (old_running, new_running, old_done, old_unsent_running, waited):
             claim_job(s, job_id, "w", 5)
         assert complete_job(s, old_done, 1, "out.png")
-        s.execute(update(Job).where(Job.id == old_unsent_running).values(started_at=old))
+        # ``waited`` sat in the queue for two hours but only just started: running, not stuck.
+        s.execute(update(Job).where(Job.id.in_([old_unsent_running, old_running])).values(started_at=old))
     with session_scope(url) as s:
         stuck = find_stuck_jobs(s, now, queued_older_than_s=600, running_older_than_s=3600, limit=100)
         assert set(stuck) == {old_queued, old_running, old_unsent_running}
-        assert never_sent not in stuck
+        assert never_sent not in stuck and waited not in stuck
         assert len(find_stuck_jobs(s, now, 600, 3600, limit=1)) == 1
         # Re-sending restarts the clock, so the next sweep does not pick them again.
         mark_sent(s, stuck, now=now)
