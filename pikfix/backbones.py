@@ -13,6 +13,7 @@ import logging
 import torch
 from torch import nn
 from torchvision import models
+from torchvision.models import vgg as vgg_models
 from torchvision.models.resnet import BasicBlock
 
 from pikfix.uri import read_uri_bytes
@@ -135,16 +136,23 @@ class VGG19Features(nn.Module):
 
     def __init__(self, weights: str | None = None, stages: int = 5) -> None:
         super().__init__()
-        net = models.vgg19(weights=None)
+        # Only the convolutional part: torchvision's vgg19() would also build (and randomly
+        # initialise) a 120M-parameter classifier that is thrown away. Same layer indices and
+        # state_dict keys as vgg19().features, same initialisation rule as torchvision's VGG.
+        features = vgg_models.make_layers(vgg_models.cfgs["E"], batch_norm=False)
+        for module in features.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
         if weights:
             state = load_state_dict_file(weights)
             features_only = {
                 k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")
             }
-            net.features.load_state_dict(features_only or state)
+            features.load_state_dict(features_only or state)
             log.info("VGG19 ImageNet weights loaded from %s", weights)
         last = VGG19_STAGE_ENDS[stages - 1]
-        self.features = net.features[: last + 1]
+        self.features = features[: last + 1]
         self.taps = VGG19_STAGE_ENDS[:stages]
         self.channels = VGG19_STAGE_CHANNELS[:stages]
         self.pretrained = bool(weights)

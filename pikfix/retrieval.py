@@ -1,0 +1,564 @@
+"""Reference retrieval: pick colour photos whose content resembles a grey input (Pik-Fix §3.5).
+
+The paper ranks candidates with DISTS-style statistics of VGG19 feature maps, computed on the grey
+input and on grey versions of the candidates: texture similarity from per-channel means,
+structure similarity from per-channel variances and covariances. Covariance needs both maps at
+once, which would mean a VGG pass per (query, candidate) pair. Here each photo is reduced once to
+a fixed-size descriptor so a query scores a whole corpus in one vectorised pass:
+
+* Layers: the grey image itself (as DISTS does) and VGG19's relu1_2, relu2_2, relu3_4, relu4_4 and
+  relu5_4. Per layer a fixed, evenly spaced subset of ``channels_per_layer`` channels is kept; each
+  kept channel's DISTS terms are exact, and their mean estimates the layer's channel mean.
+* Per channel: mean μ, standard deviation σ (σ rather than σ² so float16 keeps its range), and the
+  centred map average-pooled to a ``grid`` x ``grid`` layout, normalised and scaled by σ. The dot
+  product of two such vectors is σx·σy·ρ, with ρ the correlation of the pooled maps: the approximation
+  is σxy ≈ σx σy ρ_pooled, which keeps s = 1 for identical images and |σxy| <= σx σy.
+* Per channel t = (2μxμy + c1)/(μx² + μy² + c1) and s = (2σxy + c2)/(σx² + σy² + c2); both are
+  averaged over channels within a layer, then over layers; total = w_t·t + w_s·s.
+
+With the defaults (6 layers, 161 channels, 2x2 grid) a descriptor has 966 values, 1.9 KB in float16,
+so 100,000 references take 193 MB and scoring them all costs about 0.2 s of CPU time, shared out
+over the cores (bench/retrieval.py measures it). A 3x3 grid nearly doubles that for a finer
+covariance estimate. The index keeps descriptors as a feature-major float16 matrix and scores it in
+cache-sized column blocks spread over a few threads.
+
+Without user-supplied ImageNet VGG19 weights the backbone keeps a fixed-seed random initialisation
+(the same in every process, so descriptors stay comparable); retrieval then matches low-level
+structure and tone rather than content, which still finds near-duplicates and similar scenes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pikfix.backbones import VGG19Features, gray_to_rgb
+from pikfix.uri import read_uri_bytes, write_uri_bytes
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT = "pikfix-reference-index"
+INDEX_VERSION = 1
+RANDOM_INIT_SEED = 0
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+BLOCK = 1024  # references per scoring block: keeps the float32 temporaries in cache
+QUERY_CHUNK = 16  # queries scored together in query_batch
+SCORING_THREADS = min(
+    4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+)
+
+ImageLike = np.ndarray | Image.Image
+
+
+class DescriptorMismatchError(ValueError):
+    """A descriptor does not fit the index (another layout, backbone or size)."""
+
+
+class IndexFormatError(ValueError):
+    """Bytes or a file that are not a reference index this code can read."""
+
+
+@dataclass(frozen=True)
+class DescriptorLayout:
+    """Shape of a descriptor: kept channels per layer and the pooling grid side.
+
+    A descriptor is ``[μ (C) | σ (C) | pooled maps (G x C, cell-major)]`` with C = sum of
+    ``layer_channels`` and G = grid².
+    """
+
+    layer_channels: tuple[int, ...]
+    grid: int
+
+    @property
+    def channels(self) -> int:
+        return sum(self.layer_channels)
+
+    @property
+    def cells(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def dim(self) -> int:
+        return self.channels * (2 + self.cells)
+
+    def channel_weights(self) -> np.ndarray:
+        """Weights that average over the channels of each layer and then over layers."""
+        n = len(self.layer_channels)
+        return np.concatenate([np.full(c, 1.0 / (n * c), dtype=np.float32) for c in self.layer_channels])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer_channels": list(self.layer_channels), "grid": self.grid}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DescriptorLayout:
+        return cls(tuple(int(c) for c in data["layer_channels"]), int(data["grid"]))
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Texture/structure weights of the total score and the DISTS stabilising constants."""
+
+    texture_weight: float = 0.5
+    structure_weight: float = 0.5
+    c1: float = 1e-6
+    c2: float = 1e-6
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored reference; ``rank`` starts at 1 (the best)."""
+
+    id: str
+    rank: int
+    total: float
+    texture: float
+    structure: float
+
+
+@dataclass
+class Scores:
+    """Per-reference scores, aligned with ``ids``."""
+
+    ids: list[str]
+    total: np.ndarray
+    texture: np.ndarray
+    structure: np.ndarray
+
+
+# ----------------------------------------------------------------------------- descriptors
+
+
+def _srgb_to_l01(rgb: np.ndarray) -> np.ndarray:
+    """sRGB in [0, 1] to CIE L/100: the luminance the pipeline's grey input is expressed in."""
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    y = lin[..., 0] * 0.212671 + lin[..., 1] * 0.715160 + lin[..., 2] * 0.072169
+    f = np.where(y > 0.008856, np.cbrt(y), 7.787 * y + 16.0 / 116.0)
+    return ((116.0 * f - 16.0) / 100.0).astype(np.float32)
+
+
+def _box_reduce(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks into float32 (a reshaped view: no full-size float copy)."""
+    h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
+    blocks = arr[:h, :w].reshape(h // factor, factor, w // factor, factor, *arr.shape[2:])
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def to_gray01(image: ImageLike, size: int | None = None) -> np.ndarray:
+    """Any supported image to an HxW float32 grey in [0, 1], resized to ``size`` x ``size`` if given.
+
+    Grey inputs are taken as they are (the pipeline's grey is already L/100); colour is converted to
+    CIE L/100 so grey queries and colour candidates are compared on the same scale. Big PIL images
+    are box-reduced before conversion so a scan never becomes a full-size float array here.
+    """
+    if isinstance(image, Image.Image):
+        if size and min(image.size) > 4 * size:
+            image = image.reduce(max(1, min(image.size) // (2 * size)))
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(image, dtype=np.float32) / 65535.0
+        elif image.mode == "F":
+            arr = np.asarray(image, dtype=np.float32)
+        elif image.mode in ("L", "LA"):
+            arr = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        else:
+            arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    else:
+        arr = np.asarray(image)
+        scales = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+        if arr.dtype not in scales and not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"unsupported image dtype {arr.dtype}")
+        scale = np.float32(scales.get(arr.dtype, 1.0))
+        if size and arr.ndim >= 2 and min(arr.shape[:2]) > 4 * size:
+            arr = _box_reduce(arr, min(arr.shape[:2]) // (2 * size))
+        arr = arr.astype(np.float32, copy=False) / scale
+    if arr.ndim == 3 and arr.shape[2] in (1, 2):  # grey or grey + alpha
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        arr = _srgb_to_l01(np.clip(arr[..., :3], 0.0, 1.0))
+    if arr.ndim != 2:
+        raise ValueError(f"expected an HxW or HxWx3 image, got shape {arr.shape}")
+    arr = np.clip(arr, 0.0, 1.0)
+    if size:
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR), np.float32)
+    return arr
+
+
+def _channel_subset(channels: int, keep: int) -> np.ndarray:
+    """Evenly spaced channel indices, so every part of a layer is represented."""
+    if keep >= channels:
+        return np.arange(channels)
+    return np.unique(np.linspace(0, channels - 1, keep).round().astype(np.int64))
+
+
+def _layer_statistics(maps: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """μ, σ (N,K) and σ-scaled unit pooled maps (N,K,G) of feature maps (N,K,H,W)."""
+    mu = maps.mean(dim=(2, 3))
+    centred = maps - mu[:, :, None, None]
+    sigma = centred.pow(2).mean(dim=(2, 3)).sqrt()
+    pooled = F.adaptive_avg_pool2d(centred, grid).flatten(2)
+    norm = pooled.norm(dim=2, keepdim=True)
+    unit = torch.where(norm > 1e-12, pooled / norm.clamp_min(1e-12), torch.zeros_like(pooled))
+    return mu, sigma, unit * sigma[:, :, None]
+
+
+class DescriptorExtractor:
+    """Turns images into retrieval descriptors with VGG19 features (see the module docstring).
+
+    ``weights``: a torchvision vgg19 ImageNet state_dict (path or s3:// URI). Without it the backbone
+    is randomly initialised with a fixed seed and a warning is logged.
+    """
+
+    def __init__(
+        self,
+        weights: str | None = None,
+        device: str = "cpu",
+        size: int = 224,
+        channels_per_layer: int = 32,
+        grid: int = 2,
+        batch_size: int = 8,
+    ) -> None:
+        if size < 32:
+            raise ValueError(f"size must be at least 32 pixels, got {size}")
+        self.size = size
+        self.grid = grid
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)  # the same random backbone in every process
+            net = VGG19Features(weights, stages=5)
+        if not weights:
+            log.warning(
+                "VGG19 has no ImageNet weights (none supplied): reference retrieval ranks by low-level "
+                "structure and tone, not by content"
+            )
+        self.net = net.to(self.device).eval()
+        self.subsets = [np.arange(1)] + [_channel_subset(c, channels_per_layer) for c in net.channels]
+        self.layout = DescriptorLayout(tuple(len(s) for s in self.subsets), grid)
+        self.backbone_id = self._fingerprint(weights)
+
+    def _fingerprint(self, weights: str | None) -> str:
+        """Identify the backbone by content, so indexes built with other weights are detected."""
+        digest = hashlib.sha256()
+        for p in self.net.parameters():
+            digest.update(p.detach().flatten()[:4096].cpu().numpy().tobytes())
+        kind = "imagenet" if weights else f"random{RANDOM_INIT_SEED}"
+        return f"vgg19-{kind}-{digest.hexdigest()[:16]}-s{self.size}-g{self.grid}"
+
+    def new_index(self, scoring: ScoringConfig | None = None) -> ReferenceIndex:
+        """An empty index for this extractor's descriptors."""
+        return ReferenceIndex(self.layout, backbone=self.backbone_id, scoring=scoring)
+
+    def describe(self, image: ImageLike) -> np.ndarray:
+        """1-D float32 descriptor of one image (numpy HxW/HxWx3 in [0, 1] or uint8/16, or PIL)."""
+        return self.describe_batch([image])[0]
+
+    def describe_batch(self, images: Iterable[ImageLike]) -> np.ndarray:
+        """(N, dim) float32 descriptors, computed ``batch_size`` images at a time."""
+        grays = [to_gray01(img, self.size) for img in images]
+        out = np.empty((len(grays), self.layout.dim), dtype=np.float32)
+        for start in range(0, len(grays), self.batch_size):
+            batch = torch.from_numpy(np.stack(grays[start : start + self.batch_size]))[:, None]
+            out[start : start + len(batch)] = self._describe_tensor(batch.to(self.device))
+        return out
+
+    @torch.inference_mode()
+    def _describe_tensor(self, gray: torch.Tensor) -> np.ndarray:
+        maps = [gray, *self.net(gray_to_rgb(gray))]
+        mus, sigmas, grids = [], [], []
+        for feats, subset in zip(maps, self.subsets, strict=True):
+            mu, sigma, pooled = _layer_statistics(
+                feats[:, torch.as_tensor(subset, device=feats.device)], self.grid
+            )
+            mus.append(mu)
+            sigmas.append(sigma)
+            grids.append(pooled)
+        pooled = torch.cat(grids, dim=1).transpose(1, 2).flatten(1)  # cell-major: G blocks of C
+        return torch.cat([torch.cat(mus, 1), torch.cat(sigmas, 1), pooled], dim=1).float().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def dists_similarity(
+    query: np.ndarray, reference: np.ndarray, layout: DescriptorLayout, scoring: ScoringConfig | None = None
+) -> tuple[float, float, float]:
+    """(total, texture, structure) of one pair of descriptors: the plain per-pair definition that
+    :meth:`ReferenceIndex.score_all` computes for a whole corpus at once."""
+    cfg = scoring or ScoringConfig()
+    c, g = layout.channels, layout.cells
+    q, r = np.asarray(query, np.float64), np.asarray(reference, np.float64)
+    mu_q, mu_r = q[:c], r[:c]
+    sd_q, sd_r = q[c : 2 * c], r[c : 2 * c]
+    cov = (q[2 * c :].reshape(g, c) * r[2 * c :].reshape(g, c)).sum(axis=0)
+    t = (2 * mu_q * mu_r + cfg.c1) / (mu_q**2 + mu_r**2 + cfg.c1)
+    s = (2 * cov + cfg.c2) / (sd_q**2 + sd_r**2 + cfg.c2)
+    w = layout.channel_weights().astype(np.float64)
+    texture, structure = float(w @ t), float(w @ s)
+    return cfg.texture_weight * texture + cfg.structure_weight * structure, texture, structure
+
+
+class ReferenceIndex:
+    """A tenant's reference corpus: ids and float16 descriptors, scored by vectorised DISTS.
+
+    Descriptors live column-wise in a (dim, capacity) float16 matrix that grows by doubling, so
+    adding one reference is amortised O(dim) and removing one moves the last column into its place.
+    Adding an id that is already present replaces its descriptor (re-indexing is idempotent).
+    """
+
+    def __init__(
+        self, layout: DescriptorLayout, backbone: str = "", scoring: ScoringConfig | None = None
+    ) -> None:
+        self.layout = layout
+        self.backbone = backbone
+        self.scoring = scoring or ScoringConfig()
+        self._ids: list[str] = []
+        self._rows: dict[str, int] = {}
+        self._data = np.zeros((layout.dim, 0), dtype=np.float16)
+
+    # -- contents
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, ref_id: object) -> bool:
+        return ref_id in self._rows
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def is_compatible(self, extractor: DescriptorExtractor) -> bool:
+        """Whether ``extractor`` makes descriptors this index can score."""
+        return extractor.layout == self.layout and (
+            not self.backbone or extractor.backbone_id == self.backbone
+        )
+
+    def descriptor(self, ref_id: str) -> np.ndarray:
+        """The stored (float16-rounded) descriptor of ``ref_id``, as float32."""
+        return self._data[:, self._rows[ref_id]].astype(np.float32)
+
+    def _check(self, descriptors: np.ndarray) -> np.ndarray:
+        arr = np.asarray(descriptors, dtype=np.float32)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] != self.layout.dim:
+            raise DescriptorMismatchError(
+                f"descriptors of shape {np.shape(descriptors)} do not fit layout dim {self.layout.dim}"
+            )
+        if not np.isfinite(arr).all() or np.abs(arr).max(initial=0.0) > FLOAT16_MAX:
+            raise DescriptorMismatchError("descriptor values are not finite or exceed the float16 range")
+        return arr
+
+    def add(self, ids: Sequence[str], descriptors: np.ndarray) -> None:
+        arr = self._check(descriptors)
+        ids = [str(i) for i in ids]
+        if len(ids) != len(arr):
+            raise ValueError(f"{len(ids)} ids for {len(arr)} descriptors")
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate ids in one add() call")
+        new = [i for i in ids if i not in self._rows]
+        needed = len(self._ids) + len(new)
+        if needed > self._data.shape[1]:
+            grown = np.zeros((self.layout.dim, max(needed, 2 * self._data.shape[1], 64)), dtype=np.float16)
+            grown[:, : len(self._ids)] = self._data[:, : len(self._ids)]
+            self._data = grown
+        for ref_id in new:
+            self._rows[ref_id] = len(self._ids)
+            self._ids.append(ref_id)
+        cols = np.fromiter((self._rows[i] for i in ids), dtype=np.int64, count=len(ids))
+        self._data[:, cols] = arr.T.astype(np.float16)
+
+    def remove(self, ref_id: str) -> None:
+        """Drop ``ref_id``; raises KeyError when it is not in the index."""
+        row = self._rows.pop(ref_id)
+        last = len(self._ids) - 1
+        if row != last:
+            moved = self._ids[last]
+            self._data[:, row] = self._data[:, last]
+            self._ids[row] = moved
+            self._rows[moved] = row
+        self._ids.pop()
+
+    # -- scoring
+
+    def score_all(self, descriptor: np.ndarray, scoring: ScoringConfig | None = None) -> Scores:
+        """Total, texture and structure scores of every reference for one query descriptor."""
+        query = self._check(descriptor)
+        if len(query) != 1:
+            raise DescriptorMismatchError(f"score_all takes one descriptor, got {len(query)}")
+        texture, structure = self._score_many(query, scoring)
+        cfg = scoring or self.scoring
+        total = cfg.texture_weight * texture[0] + cfg.structure_weight * structure[0]
+        return Scores(self.ids, total, texture[0], structure[0])
+
+    def _score_many(
+        self, queries: np.ndarray, scoring: ScoringConfig | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, N) texture and structure, one pass over the corpus in column blocks.
+
+        Queries are rounded to float16 like the stored references, so a photo scores 1 against
+        itself. Everything that depends on the query alone (its half of each denominator, and the
+        channel weights folded into the numerators) is computed once; per block the float16 columns
+        are widened once and reused by every query. Blocks are spread over a few threads: numpy
+        releases the GIL in its loops and, unlike an OpenMP pool, never spin-waits on a busy CPU.
+        """
+        cfg = scoring or self.scoring
+        c, g, n = self.layout.channels, self.layout.cells, len(self._ids)
+        q = queries.astype(np.float16).astype(np.float32)
+        w = self.layout.channel_weights()[:, None]
+        q_mu, q_sd, q_grid = q[:, :c, None], q[:, c : 2 * c, None], q[:, 2 * c :].reshape(-1, g, c, 1)
+        t_den = q_mu * q_mu + np.float32(cfg.c1)
+        t_num = 2.0 * w * q_mu  # (2 μx μy + c1) w  =  μy (2 w μx) + w c1
+        t_add = (w * np.float32(cfg.c1)).astype(np.float32)
+        s_den = q_sd * q_sd + np.float32(cfg.c2)
+        s_grid = 2.0 * w * q_grid  # (2 σxy + c2) w  =  Σ_g v_y (2 w v_x) + w c2
+        s_add = (w * np.float32(cfg.c2)).astype(np.float32)
+        texture = np.empty((len(q), n), dtype=np.float32)
+        structure = np.empty((len(q), n), dtype=np.float32)
+
+        def score_block(start: int) -> None:
+            stop = min(n, start + BLOCK)
+            block = self._data[:, start:stop].astype(np.float32)
+            mu, sd, grid = block[:c], block[c : 2 * c], block[2 * c :].reshape(g, c, -1)
+            mu_sq, sd_sq = mu * mu, sd * sd
+            den, num, tmp = np.empty_like(mu), np.empty_like(mu), np.empty_like(mu)
+            for i in range(len(q)):
+                np.add(mu_sq, t_den[i], out=den)
+                np.multiply(mu, t_num[i], out=num)
+                num += t_add
+                num /= den
+                np.add.reduce(num, axis=0, out=texture[i, start:stop])
+                np.multiply(grid[0], s_grid[i, 0], out=num)
+                for cell in range(1, g):
+                    np.multiply(grid[cell], s_grid[i, cell], out=tmp)
+                    num += tmp
+                num += s_add
+                np.add(sd_sq, s_den[i], out=den)
+                num /= den
+                np.add.reduce(num, axis=0, out=structure[i, start:stop])
+
+        starts = range(0, n, BLOCK)
+        if len(starts) > 1 and SCORING_THREADS > 1:
+            with ThreadPoolExecutor(SCORING_THREADS) as pool:
+                list(pool.map(score_block, starts))
+        else:
+            for start in starts:
+                score_block(start)
+        return texture, structure
+
+    def _top_k(
+        self, texture: np.ndarray, structure: np.ndarray, k: int, cfg: ScoringConfig
+    ) -> list[Candidate]:
+        total = cfg.texture_weight * texture + cfg.structure_weight * structure
+        k = min(k, len(total))
+        if k <= 0:
+            return []
+        best = np.argpartition(-total, k - 1)[:k] if k < len(total) else np.arange(len(total))
+        order = sorted(best.tolist(), key=lambda j: (-total[j], self._ids[j]))  # ties broken by id
+        return [
+            Candidate(self._ids[j], rank, float(total[j]), float(texture[j]), float(structure[j]))
+            for rank, j in enumerate(order, start=1)
+        ]
+
+    def query(
+        self, descriptor: np.ndarray, k: int = 5, scoring: ScoringConfig | None = None
+    ) -> list[Candidate]:
+        """The ``k`` best references for one query descriptor, best first."""
+        return self.query_batch(self._check(descriptor), k, scoring)[0]
+
+    def query_batch(
+        self, descriptors: np.ndarray, k: int = 5, scoring: ScoringConfig | None = None
+    ) -> list[list[Candidate]]:
+        """:meth:`query` for several descriptors (Q, dim), sharing one pass over the corpus."""
+        queries = self._check(descriptors)
+        if not self._ids:
+            return [[] for _ in queries]
+        cfg = scoring or self.scoring
+        results: list[list[Candidate]] = []
+        for start in range(0, len(queries), QUERY_CHUNK):  # bounds the (queries x corpus) score arrays
+            texture, structure = self._score_many(queries[start : start + QUERY_CHUNK], scoring)
+            results += [self._top_k(texture[i], structure[i], k, cfg) for i in range(len(texture))]
+        return results
+
+    # -- persistence
+
+    def to_bytes(self) -> bytes:
+        """The index as an uncompressed .npz (float16 descriptors plus JSON metadata); no pickles."""
+        meta = {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "layout": self.layout.to_dict(),
+            "backbone": self.backbone,
+            "scoring": asdict(self.scoring),
+            "ids": self._ids,
+        }
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            descriptors=np.ascontiguousarray(self._data[:, : len(self._ids)].T),
+            meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReferenceIndex:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                meta = json.loads(npz["meta"].tobytes().decode("utf-8"))
+                descriptors = npz["descriptors"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise IndexFormatError(f"not a reference index: {exc}") from exc
+        if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
+            raise IndexFormatError(f"unsupported index format {meta.get('format')!r} v{meta.get('version')}")
+        index = cls(
+            DescriptorLayout.from_dict(meta["layout"]),
+            meta.get("backbone", ""),
+            ScoringConfig(**meta["scoring"]),
+        )
+        ids = [str(i) for i in meta["ids"]]
+        if descriptors.dtype != np.float16 or descriptors.shape != (len(ids), index.layout.dim):
+            raise IndexFormatError(
+                f"descriptor matrix {descriptors.shape} {descriptors.dtype} does not fit metadata"
+            )
+        index._ids = ids
+        index._rows = {ref_id: row for row, ref_id in enumerate(ids)}
+        if len(index._rows) != len(ids):
+            raise IndexFormatError("duplicate ids in index")
+        index._data = np.ascontiguousarray(descriptors.T)
+        return index
+
+    def save(self, path: str | Path) -> None:
+        """Write the index to a local path (atomically: temporary file then rename) or an s3:// URI."""
+        write_uri_bytes(path, self.to_bytes())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceIndex:
+        return cls.from_bytes(read_uri_bytes(path))
+
+
+def rank_references(
+    query_image: ImageLike,
+    reference_images: Mapping[str, ImageLike],
+    extractor: DescriptorExtractor,
+    k: int = 5,
+    scoring: ScoringConfig | None = None,
+) -> list[Candidate]:
+    """Rank a small set of candidate photos for one grey (or colour) query image."""
+    index = extractor.new_index(scoring)
+    if reference_images:
+        ids = list(reference_images)
+        index.add(ids, extractor.describe_batch([reference_images[i] for i in ids]))
+    return index.query(extractor.describe(query_image), k)

@@ -1,0 +1,203 @@
+"""Reference retrieval: descriptors, the vectorised DISTS index and its persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pikfix.retrieval import (
+    Candidate,
+    DescriptorExtractor,
+    DescriptorLayout,
+    DescriptorMismatchError,
+    IndexFormatError,
+    ReferenceIndex,
+    ScoringConfig,
+    dists_similarity,
+    rank_references,
+    to_gray01,
+)
+
+PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "photos"
+QUERY = "astronaut"
+OTHERS = ["Aqua", "Blinds", "Dune", "FallenLeaf", "Garden", "Kite", "LadyBird", "Wood", "chelsea", "coffee"]
+
+
+def load_photo(name: str) -> np.ndarray:
+    with Image.open(PHOTOS / f"{name}.jpg") as img:
+        img.thumbnail((256, 256))
+        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def extractor() -> DescriptorExtractor:
+    return DescriptorExtractor(size=128)  # random-init VGG19 (no weights), small input for speed
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    if not PHOTOS.is_dir():
+        pytest.skip(f"sample photos not found at {PHOTOS}")
+    return {name: load_photo(name) for name in [QUERY, *OTHERS]}
+
+
+def random_descriptors(layout: DescriptorLayout, n: int, seed: int = 0) -> np.ndarray:
+    """Descriptors with the statistics' signs: μ, σ >= 0, pooled parts of norm σ."""
+    rng = np.random.default_rng(seed)
+    c, g = layout.channels, layout.cells
+    mu, sd = rng.random((n, c)), rng.random((n, c))
+    unit = rng.standard_normal((n, g, c))
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    return np.concatenate([mu, sd, (unit * sd[:, None, :]).reshape(n, g * c)], axis=1).astype(np.float32)
+
+
+SMALL = DescriptorLayout((1, 4, 3), grid=2)
+
+
+def test_layout_dimensions_and_weights(extractor: DescriptorExtractor) -> None:
+    layout = extractor.layout
+    assert layout.layer_channels == (1, 32, 32, 32, 32, 32)
+    assert layout.dim == 161 * (2 + 4)
+    w = layout.channel_weights()
+    assert w.shape == (161,) and w.sum() == pytest.approx(1.0)
+    assert w[0] == pytest.approx(1 / 6)  # the grey image is one of six equally weighted layers
+    assert DescriptorLayout.from_dict(layout.to_dict()) == layout
+
+
+def test_descriptor_shape_and_determinism(
+    extractor: DescriptorExtractor, photos: dict[str, np.ndarray]
+) -> None:
+    img = photos[QUERY]
+    d = extractor.describe(img)
+    assert d.shape == (extractor.layout.dim,) and d.dtype == np.float32
+    assert np.isfinite(d).all()
+    c = extractor.layout.channels
+    assert (d[:c] >= 0).all() and (d[c : 2 * c] >= 0).all()  # post-ReLU means and standard deviations
+    # a fresh extractor (another worker process) makes the same descriptor: the random init is seeded
+    fresh = DescriptorExtractor(size=128)
+    assert fresh.backbone_id == extractor.backbone_id
+    np.testing.assert_allclose(fresh.describe(img), d, rtol=1e-5, atol=1e-6)
+    # PIL input and uint8 input give the same descriptor as float input of the same pixels
+    pil = Image.fromarray(np.round(img * 255).astype(np.uint8))
+    np.testing.assert_allclose(
+        extractor.describe(pil), extractor.describe(np.asarray(pil)), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_self_similarity_is_one(extractor: DescriptorExtractor, photos: dict[str, np.ndarray]) -> None:
+    d = extractor.describe(photos[QUERY])
+    stored = d.astype(np.float16).astype(np.float32)
+    total, texture, structure = dists_similarity(stored, stored, extractor.layout)
+    # exact up to float16 rounding of σ and of the σ-scaled pooled maps
+    assert texture == pytest.approx(1.0, abs=1e-6) and structure == pytest.approx(1.0, abs=1e-4)
+    assert total == pytest.approx(1.0, abs=1e-4)
+
+
+def test_grey_conversion_matches_lab_lightness() -> None:
+    from skimage import color
+
+    rgb = np.random.default_rng(3).random((20, 30, 3)).astype(np.float32)
+    np.testing.assert_allclose(to_gray01(rgb), color.rgb2lab(rgb)[..., 0] / 100, atol=1e-3)
+    grey = np.random.default_rng(4).random((20, 30)).astype(np.float32)
+    np.testing.assert_array_equal(to_gray01(grey), grey)  # grey input is already L/100
+    assert to_gray01(Image.fromarray((grey * 65535).astype(np.uint16)), 16).shape == (16, 16)
+    # big inputs are box-reduced before conversion: same picture as converting at full size
+    y, x = np.mgrid[0:700, 0:900].astype(np.float32)
+    smooth = np.stack([x / 900, y / 700, 0.5 + 0.4 * np.sin(x / 150)], axis=-1)
+    small = to_gray01(smooth, 64)
+    reference = np.asarray(Image.fromarray(to_gray01(smooth)).resize((64, 64), Image.Resampling.BILINEAR))
+    assert small.shape == (64, 64) and np.abs(small - reference).max() < 0.01
+    assert np.abs(to_gray01((smooth * 255).astype(np.uint8), 64) - small).max() < 0.01
+
+
+def test_near_duplicate_ranks_first(extractor: DescriptorExtractor, photos: dict[str, np.ndarray]) -> None:
+    """A grey, slightly cropped and brightened copy of a photo finds the original among ten others."""
+    original = photos[QUERY]
+    h, w = original.shape[:2]
+    near_duplicate = np.clip(
+        original[int(0.04 * h) : int(0.97 * h), int(0.03 * w) : int(0.95 * w)] * 1.1, 0, 1
+    )
+    query = to_gray01(near_duplicate)  # the pipeline queries with a grey image
+    ranked = rank_references(query, photos, extractor, k=len(photos))
+    assert [c.rank for c in ranked] == list(range(1, len(photos) + 1))
+    assert ranked[0].id == QUERY
+    assert ranked[0].total > ranked[1].total
+    assert all(a.total >= b.total for a, b in zip(ranked, ranked[1:], strict=False))
+    for c in ranked:
+        assert c.total == pytest.approx(0.5 * c.texture + 0.5 * c.structure, abs=1e-6)
+
+
+def test_vectorised_scores_equal_naive_loop() -> None:
+    descriptors = random_descriptors(SMALL, 5000)  # several scoring blocks
+    index = ReferenceIndex(SMALL)
+    ids = [f"r{i}" for i in range(len(descriptors))]
+    index.add(ids, descriptors)
+    query = random_descriptors(SMALL, 1, seed=9)[0]
+    scoring = ScoringConfig(texture_weight=0.3, structure_weight=0.7)
+    scores = index.score_all(query, scoring)
+    q16 = query.astype(np.float16).astype(np.float32)
+    naive = np.array([dists_similarity(q16, index.descriptor(i), SMALL, scoring) for i in ids])
+    np.testing.assert_allclose(scores.total, naive[:, 0], atol=2e-6)
+    np.testing.assert_allclose(scores.texture, naive[:, 1], atol=2e-6)
+    np.testing.assert_allclose(scores.structure, naive[:, 2], atol=2e-6)
+    best = index.query(query, k=5, scoring=scoring)
+    assert [c.id for c in best] == [ids[j] for j in np.argsort(-naive[:, 0], kind="stable")[:5]]
+    batch = index.query_batch(np.stack([query, descriptors[17]]), k=3, scoring=scoring)
+    assert batch[0] == best[:3]
+    assert batch[1][0].id == "r17"
+
+
+def test_remove_and_replace() -> None:
+    descriptors = random_descriptors(SMALL, 6)
+    index = ReferenceIndex(SMALL)
+    index.add(list("abcdef"), descriptors)
+    assert index.query(descriptors[2], k=1)[0].id == "c"
+    index.remove("c")
+    assert len(index) == 5 and "c" not in index
+    assert "c" not in [c.id for c in index.query(descriptors[2], k=10)]
+    for ref_id, row in zip("abdef", [0, 1, 3, 4, 5], strict=True):  # survivors keep their descriptors
+        np.testing.assert_allclose(index.descriptor(ref_id), descriptors[row], rtol=1e-3, atol=1e-3)
+    with pytest.raises(KeyError):
+        index.remove("c")
+    index.add(["a"], descriptors[2])  # re-adding an id replaces its descriptor
+    assert len(index) == 5
+    assert index.query(descriptors[2], k=1)[0].id == "a"
+
+
+def test_save_load_and_bytes_round_trip(tmp_path: Path) -> None:
+    descriptors = random_descriptors(SMALL, 40)
+    index = ReferenceIndex(SMALL, backbone="vgg19-test", scoring=ScoringConfig(0.4, 0.6))
+    index.add([f"id-{i}" for i in range(40)], descriptors)
+    index.remove("id-7")
+    query = random_descriptors(SMALL, 1, seed=5)[0]
+    expected = index.query(query, k=6)
+    path = tmp_path / "refs" / "index.npz"
+    index.save(path)
+    assert path.is_file() and not list(path.parent.glob("*.part"))
+    for restored in (ReferenceIndex.load(path), ReferenceIndex.from_bytes(index.to_bytes())):
+        assert restored.ids == index.ids and restored.layout == SMALL
+        assert restored.backbone == "vgg19-test" and restored.scoring == ScoringConfig(0.4, 0.6)
+        assert restored.query(query, k=6) == expected
+    empty = ReferenceIndex.from_bytes(ReferenceIndex(SMALL).to_bytes())
+    assert len(empty) == 0 and empty.query(query) == []
+
+
+def test_bad_input_is_refused() -> None:
+    index = ReferenceIndex(SMALL)
+    with pytest.raises(DescriptorMismatchError):
+        index.add(["x"], np.zeros((1, SMALL.dim + 1), np.float32))
+    with pytest.raises(DescriptorMismatchError):
+        index.add(["x"], np.full((1, SMALL.dim), 1e6, np.float32))  # beyond float16
+    with pytest.raises(ValueError):
+        index.add(["x", "x"], random_descriptors(SMALL, 2))
+    with pytest.raises(IndexFormatError):
+        ReferenceIndex.from_bytes(b"not an index")
+    assert index.query(random_descriptors(SMALL, 1)[0]) == []
+
+
+def test_candidate_is_plain_data() -> None:
+    c = Candidate("ref", 1, 0.9, 0.95, 0.85)
+    assert (c.id, c.rank, c.total, c.texture, c.structure) == ("ref", 1, 0.9, 0.95, 0.85)
