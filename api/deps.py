@@ -1,0 +1,169 @@
+"""Dependencies of the route handlers: the app's context (settings, database, store, task sending)
+and the caller's tenant, resolved from ``Authorization: Bearer <api key>``.
+
+Database work happens in short ``ctx.session()`` blocks inside handlers rather than in one session
+per request: tasks must only be sent after the rows they refer to are committed, and on SQLite a
+thread may not open a second write transaction while its first is open (in eager mode the task
+runs right there, in the request's thread, with sessions of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError, not_found, unauthorized
+from api.metrics import ApiMetrics
+from db import repository as repo
+from db.session import session_scope
+from pikfix.settings import Settings
+from pikfix.storage import ObjectStore
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+# Eager mode: how many metering rounds one request may run (each round sends up to the tenant's backlog).
+EAGER_DISPATCH_ROUNDS = 1000
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: every query a handler makes is scoped by ``tenant_id``."""
+
+    tenant_id: str
+    tenant_name: str
+
+
+class ApiContext:
+    """Per-app state: one per ``create_app`` call, so tests can run apps with different settings."""
+
+    def __init__(self, settings: Settings, runtime: WorkerRuntime) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.database_url = settings.resolved_database_url
+        self.metrics = ApiMetrics(self.database_url, settings.broker_url)
+
+    @property
+    def eager(self) -> bool:
+        return self.settings.eager
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return self.runtime.store
+
+    @contextmanager
+    def session(self, readonly: bool = False) -> Iterator[Session]:
+        """A transaction on the configured database, committed when the block ends normally."""
+        with session_scope(self.database_url, readonly=readonly) as s:
+            yield s
+
+    # -- sending work after commit ---------------------------------------------------------------
+
+    def dispatch(self, tenant_id: str) -> int:
+        """Meter the tenant's committed queued jobs into the broker; never fails the request.
+
+        If the broker is down the jobs stay queued in the database and the maintenance task sends
+        them later. In eager mode the jobs run here and now, and batches whose jobs are all done are
+        finished (report, webhook) because no beat process does it.
+        """
+        from workers.dispatch import dispatch_tenant
+
+        sent = 0
+        try:
+            for _ in range(EAGER_DISPATCH_ROUNDS if self.eager else 1):
+                n = dispatch_tenant(self.runtime, tenant_id)
+                sent += n
+                if n == 0:
+                    break
+        except Exception:
+            log.exception("sending jobs of tenant %s failed; the maintenance task will send them", tenant_id)
+        if self.eager:
+            self.finish_batches()
+        return sent
+
+    def finish_batches(self) -> None:
+        """Eager mode only: what the beat task does in the distributed mode."""
+        from workers.maintenance import finish_batches
+
+        try:
+            finish_batches.apply()
+        except Exception:
+            log.exception("finishing batches failed")
+
+    def send_index(self, reference_ids: list[str], *, strict: bool = False) -> None:
+        """Index freshly added references (their retrieval descriptor).
+
+        With ``strict`` a broker outage answers 503: uploading the same photos again is idempotent
+        and sends the task again. Otherwise (the reference came with a job, which is already
+        committed and must not be duplicated by a client retry) the failure is only logged.
+        """
+        from workers.tasks import index_reference
+
+        for ref_id in reference_ids:
+            try:
+                index_reference.apply_async(args=[ref_id])
+            except Exception as exc:
+                log.exception("indexing reference %s failed", ref_id)
+                if strict and self.eager:  # the task ran here and broke: a bug, not an outage
+                    raise
+                if strict:
+                    raise ApiError(503, "broker_unavailable", "the task queue is not reachable; try again later",
+                                   headers={"Retry-After": "5"}) from exc
+
+    def send_ingest(self, batch_id: str, key: str) -> None:
+        """Unpack an uploaded archive. Nothing in the database remembers the archive, so a failure to
+        send is the client's to retry (503), unlike jobs, which the maintenance task re-sends."""
+        from workers.tasks import ingest_archive
+
+        try:
+            ingest_archive.apply_async(args=[batch_id, key])
+        except Exception as exc:
+            if self.eager:  # the task ran here: an archive's own problems are recorded by it, so this is a bug
+                raise
+            log.exception("sending the ingest task for batch %s failed", batch_id)
+            raise ApiError(503, "broker_unavailable", "the task queue is not reachable; try again later",
+                           headers={"Retry-After": "5"}) from exc
+        if self.eager:
+            self.finish_batches()
+
+
+def checked_id(value: str, what: str) -> str:
+    """A path id, or 404: a malformed id names nothing, and must not reach the database as odd text."""
+    if not _ID_RE.match(value or ""):
+        raise not_found(what)
+    return value
+
+
+def get_context(request: Request) -> ApiContext:
+    return request.app.state.ctx
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer pk_...`")
+
+
+def require_tenant(
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    ctx: ApiContext = Depends(get_context),
+) -> Principal:
+    """401 unless the request carries a valid, unrevoked API key."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise unauthorized()
+    with ctx.session() as s:
+        tenant = repo.authenticate(s, credentials.credentials.strip())
+        if tenant is None:
+            raise unauthorized()
+        principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name)
+    return principal
+
+
+__all__ = ["ApiContext", "Principal", "checked_id", "get_context", "require_tenant"]

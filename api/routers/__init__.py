@@ -1,0 +1,1 @@
+"""One router per resource: jobs, batches, references, plus health and metrics."""

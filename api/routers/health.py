@@ -1,0 +1,98 @@
+"""Liveness and readiness probes.
+
+``/healthz`` says the process serves requests and touches nothing else (a liveness probe must not
+restart the API because the database is down). ``/readyz`` checks the database, the broker and the
+object store in parallel, each with a short timeout, and answers 503 naming what failed; a dependency
+that hangs cannot make the probe hang, because each check runs in a thread the probe stops waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from api.deps import ApiContext, get_context
+from api.schemas import Check, ErrorInfo, Health, Readiness
+from db.api_queries import ping as db_ping
+
+router = APIRouter(tags=["health"])
+
+CHECK_TIMEOUT_S = 2.0
+# Checks run here, not in the request thread pool: a hung dependency must not starve the API's handlers.
+_CHECKS = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: the process is up")
+def healthz() -> Health:
+    return Health()
+
+
+def _check_database(ctx: ApiContext) -> str:
+    with ctx.session(readonly=True) as s:
+        db_ping(s)
+    return "SELECT 1 answered"
+
+
+def _check_broker(ctx: ApiContext) -> str:
+    url = ctx.settings.broker_url
+    if not url:
+        return "no broker configured: tasks run in-process (eager)"
+    if url.startswith(("redis://", "rediss://")):
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=CHECK_TIMEOUT_S, socket_connect_timeout=CHECK_TIMEOUT_S)
+        try:
+            if not client.ping():
+                raise ConnectionError("PING was not answered")
+        finally:
+            client.close()
+        return "redis PING answered"
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=CHECK_TIMEOUT_S) as conn:
+        conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_S)
+    return "broker connection opened"
+
+
+def _check_storage(ctx: ApiContext) -> str:
+    if not ctx.store.ping():
+        raise ConnectionError(f"{ctx.store.url} is not reachable or not writable")
+    return f"{ctx.store.url} answered"
+
+
+async def _run_check(check: Callable[[ApiContext], str], ctx: ApiContext) -> Check:
+    start = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    try:
+        detail = await asyncio.wait_for(loop.run_in_executor(_CHECKS, check, ctx), timeout=CHECK_TIMEOUT_S)
+        ok = True
+    except TimeoutError:
+        ok, detail = False, f"no answer within {CHECK_TIMEOUT_S:.0f}s"
+    except Exception as exc:
+        ok, detail = False, f"{type(exc).__name__}: {exc}".strip()[:300]
+    return Check(ok=ok, detail=detail, duration_ms=round((time.perf_counter() - start) * 1000, 1))
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "a dependency failed"}},
+    summary="Readiness: database, broker and object store answer",
+)
+async def readyz(ctx: ApiContext = Depends(get_context)) -> JSONResponse:
+    names = ("database", "broker", "storage")
+    results = await asyncio.gather(
+        _run_check(_check_database, ctx), _run_check(_check_broker, ctx), _run_check(_check_storage, ctx)
+    )
+    checks = dict(zip(names, results, strict=True))
+    failed = [name for name, check in checks.items() if not check.ok]
+    if not failed:
+        return JSONResponse(Readiness(status="ready", checks=checks).model_dump(mode="json"))
+    error = ErrorInfo(code="not_ready", message=f"not ready: {', '.join(failed)} failed", details=failed)
+    body = Readiness(status="unavailable", checks=checks, error=error)
+    return JSONResponse(body.model_dump(mode="json", exclude_none=False), status_code=503)

@@ -1,0 +1,229 @@
+"""Single jobs: upload one photo, follow it, download its result, retry it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ApiContext, Principal, checked_id, get_context, require_tenant
+from api.errors import ApiError, error_responses, input_error, not_found
+from api.schemas import ID_PATTERN, JOB_UPLOAD_BODY, JobDetail, JobOut
+from api.uploads import (
+    MultipartLimits,
+    StagedFile,
+    inspect_image,
+    read_multipart,
+    store_image,
+    take_fields,
+    take_files,
+)
+from db import repository as repo
+from db.api_queries import reference_names
+from db.models import InvalidTransition, NotFound
+from pikfix.errors import PikFixInputError
+from pikfix.imageio import content_type_for, extension_for
+from pikfix.storage import ObjectNotFound
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JOB_FIELDS = ("reference_id", "reference_mode", "output_format")
+STREAM_CHUNK = 1024 * 1024
+RESULT_URL_EXPIRES_S = 900
+
+
+def job_options(fields: dict[str, str], reference_upload: bool) -> dict[str, str | None]:
+    """Options of a single job from its form fields; 422 for contradictions."""
+    fmt = fields.get("output_format", "png")
+    if fmt not in ("png", "jpeg", "tiff16"):
+        raise ApiError(422, "validation_error", "output_format must be one of png, jpeg, tiff16")
+    ref_id = fields.get("reference_id")
+    if ref_id is not None and not re.fullmatch(ID_PATTERN, ref_id):
+        raise ApiError(422, "validation_error", "reference_id is not an id")
+    if ref_id and reference_upload:
+        raise ApiError(422, "validation_error", "send either reference_id or a reference file, not both")
+    has_ref = bool(ref_id) or reference_upload
+    mode = fields.get("reference_mode") or ("manual" if has_ref else "auto")
+    if mode not in ("auto", "manual", "none"):
+        raise ApiError(422, "validation_error", "reference_mode must be one of auto, manual, none")
+    if mode == "manual" and not has_ref:
+        raise ApiError(422, "validation_error", "reference_mode 'manual' needs reference_id or a reference file")
+    if mode != "manual" and has_ref:
+        raise ApiError(422, "validation_error", f"a reference was given but reference_mode is {mode!r}")
+    return {"reference_mode": mode, "reference_id": ref_id, "output_format": fmt}
+
+
+def require_reference(ctx: ApiContext, tenant_id: str, ref_id: str | None) -> None:
+    """A reference named in a request must be one of the tenant's live references (422 otherwise)."""
+    if not ref_id:
+        return
+    with ctx.session(readonly=True) as s:
+        if repo.get_reference(s, tenant_id, ref_id) is None:
+            raise ApiError(422, "unknown_reference", f"reference {ref_id} does not exist")
+
+
+def _create_job(
+    ctx: ApiContext,
+    principal: Principal,
+    photo: StagedFile,
+    reference: StagedFile | None,
+    options: dict[str, str | None],
+) -> tuple[str, list[str]]:
+    """Check and store the photo (and reference), then insert the job; returns it and references to index."""
+    tenant_id = principal.tenant_id
+    max_pixels = ctx.settings.max_image_pixels
+    try:
+        info = inspect_image(photo, max_pixels)
+    except PikFixInputError as exc:
+        raise input_error(exc, photo.name) from exc
+    ref_info = None
+    if reference is not None:
+        try:
+            ref_info = inspect_image(reference, max_pixels)
+        except PikFixInputError as exc:
+            raise input_error(exc, f"reference {reference.name}") from exc
+    require_reference(ctx, tenant_id, options["reference_id"])
+
+    key = store_image(ctx.store, tenant_id, photo, info)
+    ref_key = store_image(ctx.store, tenant_id, reference, ref_info, "reference") if reference and ref_info else None
+    to_index: list[str] = []
+    with ctx.session() as s:
+        if reference is not None and ref_key is not None:
+            ref = repo.add_reference(s, tenant_id, reference.name, ref_key, reference.sha256)
+            options = {**options, "reference_id": ref.id}
+            if ref.status == "pending":
+                to_index.append(ref.id)
+        job = repo.create_job(s, tenant_id, None, key, photo.sha256, photo.name, photo.size, options)
+        job_id = job.id
+    return job_id, to_index
+
+
+def load_job(ctx: ApiContext, tenant_id: str, job_id: str) -> JobOut:
+    with ctx.session(readonly=True) as s:
+        job = repo.get_job(s, tenant_id, job_id)
+        if job is None:
+            raise not_found("job")
+        return JobOut.from_row(job)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    openapi_extra=JOB_UPLOAD_BODY,
+    responses=error_responses(401, 413, 415, 422, 503),
+    summary="Restore one photo",
+)
+async def create_job(
+    request: Request, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> JobOut:
+    """Upload one photo (multipart ``file``) with options; the job is queued and sent at once.
+
+    Colour reference: ``reference_id`` (one of your references), or a ``reference`` file (added to your
+    corpus and used for this photo), or neither (``reference_mode=auto``: best match from your corpus).
+    """
+    limits = MultipartLimits(max_file_bytes=ctx.settings.max_upload_bytes, max_files=2, max_fields=len(JOB_FIELDS))
+    with await read_multipart(request, limits) as form:
+        photos = take_files(form, ("file", "reference"))
+        files = [f for f in photos if f.field == "file"]
+        refs = [f for f in photos if f.field == "reference"]
+        if len(files) != 1 or len(refs) > 1:
+            raise ApiError(422, "validation_error", "send exactly one 'file' and at most one 'reference'")
+        options = job_options(take_fields(form, JOB_FIELDS), reference_upload=bool(refs))
+        job_id, to_index = await run_in_threadpool(
+            _create_job, ctx, principal, files[0], refs[0] if refs else None, options
+        )
+    if to_index:
+        await run_in_threadpool(ctx.send_index, to_index)
+    await run_in_threadpool(ctx.dispatch, principal.tenant_id)
+    return await run_in_threadpool(load_job, ctx, principal.tenant_id, job_id)
+
+
+@router.get("/{job_id}", response_model=JobDetail, responses=error_responses(401, 404), summary="A job's status")
+def get_job(
+    job_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> JobDetail:
+    """Status, timings, attempts, error, the reference chosen (with the scored candidates) and metrics."""
+    checked_id(job_id, "job")
+    with ctx.session(readonly=True) as s:
+        job = repo.get_job(s, principal.tenant_id, job_id)
+        if job is None:
+            raise not_found("job")
+        rows = repo.job_reference_rows(s, job.id)
+        names = reference_names(s, principal.tenant_id, [r.reference_id for r in rows])
+        return JobDetail.from_parts(job, rows, names, repo.job_metrics(s, job.id))
+
+
+def download_name(input_name: str | None, output_format: str) -> str:
+    stem = PurePosixPath(input_name or "photo").stem or "photo"
+    return f"{stem}.restored{extension_for(output_format)}"
+
+
+@router.get(
+    "/{job_id}/result",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}}, "description": "the restored image"},
+        307: {"description": "redirect to a short-lived download URL of the object store"},
+        **error_responses(401, 404, 409, 503),
+    },
+    summary="Download the restored image",
+)
+def get_result(
+    job_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> Response:
+    """307 to a presigned URL when the store is S3; the bytes themselves with local storage."""
+    checked_id(job_id, "job")
+    with ctx.session(readonly=True) as s:
+        job = repo.get_job(s, principal.tenant_id, job_id)
+        if job is None:
+            raise not_found("job")
+        status, key, fmt, name = job.status, job.output_key, job.output_format, job.input_name
+    if status != "succeeded" or not key:
+        raise ApiError(409, "job_not_finished", f"job is {status}; a result exists once it has succeeded")
+    filename = download_name(name, fmt)
+    url = ctx.store.presigned_get_url(key, expires_s=RESULT_URL_EXPIRES_S, filename=filename)
+    if url:
+        return RedirectResponse(url, status_code=307)
+    try:
+        size = ctx.store.size(key)
+        stream = ctx.store.open_stream(key)
+    except ObjectNotFound as exc:
+        raise ApiError(404, "result_missing", "the result is no longer in storage; retry the job") from exc
+
+    def chunks():
+        with stream:
+            while block := stream.read(STREAM_CHUNK):
+                yield block
+
+    headers = {
+        "Content-Length": str(size),
+        "Content-Disposition": f'attachment; filename="{filename}"',
+    }
+    return StreamingResponse(chunks(), media_type=content_type_for(fmt), headers=headers)
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=JobOut,
+    responses=error_responses(401, 404, 409),
+    summary="Run a failed job again",
+)
+def retry_job(
+    job_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> JobOut:
+    """Only failed jobs can be retried (409 otherwise); the job is queued with a fresh attempt budget."""
+    checked_id(job_id, "job")
+    try:
+        with ctx.session() as s:
+            repo.retry_job(s, principal.tenant_id, job_id)
+    except NotFound as exc:
+        raise not_found("job") from exc
+    except InvalidTransition as exc:
+        raise ApiError(409, "job_not_retryable", str(exc)) from exc
+    ctx.dispatch(principal.tenant_id)
+    return load_job(ctx, principal.tenant_id, job_id)

@@ -1,0 +1,114 @@
+"""A tenant's corpus of colour reference photos: upload, list, inspect, delete.
+
+Uploaded photos are stored content-addressed (the same photo twice is one reference) and indexed by
+the ``index_reference`` task, which computes the retrieval descriptor; until then a reference is
+``pending`` and retrieval does not see it, though it can already be chosen by id.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ApiContext, Principal, checked_id, get_context, require_tenant
+from api.errors import error_responses, not_found
+from api.schemas import REFERENCES_UPLOAD_BODY, ReferenceList, ReferenceOut, ReferencesAccepted, Rejected
+from api.uploads import (
+    MultipartLimits,
+    StagedFile,
+    check_and_store_images,
+    read_multipart,
+    refuse_all,
+    take_files,
+)
+from db import repository as repo
+from db.api_queries import get_references
+
+router = APIRouter(prefix="/v1/references", tags=["references"])
+
+MAX_FILES_PER_REQUEST = 1000
+
+
+def _add(ctx: ApiContext, tenant_id: str, files: list[StagedFile]) -> tuple[list[str], list[str], list[Rejected]]:
+    """Store and register the usable photos; returns (all ids, ids to index, rejected)."""
+    images, rejected = check_and_store_images(
+        ctx.store, tenant_id, files, ctx.settings.max_image_pixels, kind="reference"
+    )
+    if not images:
+        raise refuse_all(rejected)
+    ids: list[str] = []
+    to_index: list[str] = []
+    with ctx.session() as s:
+        for img in images:
+            ref = repo.add_reference(s, tenant_id, img.staged.name, img.key, img.staged.sha256)
+            if ref.id not in ids:
+                ids.append(ref.id)
+            if ref.status == "pending" and ref.id not in to_index:
+                to_index.append(ref.id)
+    return ids, to_index, rejected
+
+
+def _refs_out(ctx: ApiContext, tenant_id: str, ids: list[str]) -> list[ReferenceOut]:
+    with ctx.session(readonly=True) as s:
+        return [ReferenceOut.from_row(r) for r in get_references(s, tenant_id, ids)]
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=ReferencesAccepted,
+    openapi_extra=REFERENCES_UPLOAD_BODY,
+    responses=error_responses(401, 413, 415, 422, 503),
+    summary="Add colour reference photos",
+)
+async def add_references(
+    request: Request, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> ReferencesAccepted:
+    """Multipart ``files``; each usable photo is stored and queued for indexing (status ``pending``)."""
+    limits = MultipartLimits(max_file_bytes=ctx.settings.max_upload_bytes, max_files=MAX_FILES_PER_REQUEST,
+                             max_fields=0)
+    with await read_multipart(request, limits) as form:
+        files = take_files(form, ("files", "file"))
+        ids, to_index, rejected = await run_in_threadpool(_add, ctx, principal.tenant_id, files)
+    if to_index:
+        await run_in_threadpool(lambda: ctx.send_index(to_index, strict=True))
+    refs = await run_in_threadpool(_refs_out, ctx, principal.tenant_id, ids)
+    return ReferencesAccepted(references=refs, rejected=rejected)
+
+
+@router.get("", response_model=ReferenceList, responses=error_responses(401, 422), summary="List references")
+def list_references(
+    status: Literal["pending", "indexed", "failed"] | None = Query(None),
+    principal: Principal = Depends(require_tenant),
+    ctx: ApiContext = Depends(get_context),
+) -> ReferenceList:
+    with ctx.session(readonly=True) as s:
+        return ReferenceList(items=[ReferenceOut.from_row(r) for r in repo.list_references(s, principal.tenant_id, status)])
+
+
+@router.get("/{reference_id}", response_model=ReferenceOut, responses=error_responses(401, 404),
+            summary="A reference")
+def get_reference(
+    reference_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> ReferenceOut:
+    checked_id(reference_id, "reference")
+    with ctx.session(readonly=True) as s:
+        ref = repo.get_reference(s, principal.tenant_id, reference_id)
+        if ref is None:
+            raise not_found("reference")
+        return ReferenceOut.from_row(ref)
+
+
+@router.delete("/{reference_id}", status_code=204, response_class=Response,
+               responses=error_responses(401, 404), summary="Remove a reference from the corpus")
+def delete_reference(
+    reference_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> Response:
+    """Retrieval stops using it at once; jobs that already used it keep it in their record."""
+    checked_id(reference_id, "reference")
+    with ctx.session() as s:
+        if not repo.delete_reference(s, principal.tenant_id, reference_id):
+            raise not_found("reference")
+    return Response(status_code=204)

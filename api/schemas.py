@@ -1,0 +1,387 @@
+"""Request and response bodies of the HTTP API, kept apart from the ORM models.
+
+Responses are built explicitly from rows (``JobOut.from_row`` …) so a new database column never leaks
+into the API by accident (descriptors, API key hashes, storage keys stay inside). Request models
+forbid unknown fields, so a client's typo fails with 422 instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from db.models import Batch, Job, JobReference, Reference
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+BatchStatus = Literal["open", "submitted", "finished", "cancelled"]
+ReferenceStatus = Literal["pending", "indexed", "failed", "deleted"]
+ReferenceMode = Literal["auto", "manual", "none"]
+OutputFormat = Literal["png", "jpeg", "tiff16"]
+
+ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+MAX_UPLOAD_NAMES = 1000
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="stable machine-readable code")
+    message: str
+    details: Any | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+# --- jobs ---------------------------------------------------------------------------------------
+
+
+class JobError(BaseModel):
+    code: str
+    message: str | None = None
+
+
+class JobTimings(BaseModel):
+    created_at: datetime
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = Field(None, description="wall time of the successful run")
+
+
+class JobOut(BaseModel):
+    id: str
+    batch_id: str | None
+    status: JobStatus
+    attempts: int
+    input_name: str | None
+    input_sha256: str | None
+    input_bytes: int | None
+    output_format: OutputFormat
+    reference_mode: ReferenceMode
+    reference_id: str | None
+    width: int | None = None
+    height: int | None = None
+    model_name: str | None = None
+    checkpoint_sha256: str | None = None
+    device: str | None = None
+    worker: str | None = None
+    error: JobError | None = None
+    timings: JobTimings
+    result_url: str | None = Field(None, description="API path of the restored image once succeeded")
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobOut:
+        return cls(
+            id=job.id,
+            batch_id=job.batch_id,
+            status=job.status,  # type: ignore[arg-type]
+            attempts=job.attempts,
+            input_name=job.input_name,
+            input_sha256=job.input_sha256,
+            input_bytes=job.input_bytes,
+            output_format=job.output_format,  # type: ignore[arg-type]
+            reference_mode=job.reference_mode,  # type: ignore[arg-type]
+            reference_id=job.reference_id,
+            width=job.width,
+            height=job.height,
+            model_name=job.model_name,
+            checkpoint_sha256=job.checkpoint_sha256,
+            device=job.device,
+            worker=job.worker,
+            error=JobError(code=job.error_code, message=job.error_message) if job.error_code else None,
+            timings=JobTimings(
+                created_at=job.created_at,
+                queued_at=job.queued_at,
+                started_at=job.started_at,
+                finished_at=job.finished_at,
+                duration_s=job.duration_s,
+            ),
+            result_url=f"/v1/jobs/{job.id}/result" if job.status == "succeeded" else None,
+        )
+
+
+class ReferenceCandidate(BaseModel):
+    reference_id: str | None
+    name: str | None = None
+    rank: int
+    total: float | None = Field(None, description="combined retrieval score (higher is closer)")
+    texture: float | None = None
+    structure: float | None = None
+    used: bool
+    source: Literal["retrieval", "manual", "fallback"]
+
+
+class ReferenceChoice(BaseModel):
+    reference_id: str | None = Field(description="the reference applied; null when none was (grey fallback)")
+    name: str | None = None
+    source: Literal["retrieval", "manual", "fallback"]
+    score: float | None = None
+    candidates: list[ReferenceCandidate]
+
+
+class JobDetail(JobOut):
+    reference: ReferenceChoice | None = Field(None, description="set once the job ran")
+    metrics: dict[str, float] = Field(default_factory=dict, description="quality figures, name -> value")
+
+    @classmethod
+    def from_parts(
+        cls, job: Job, rows: list[JobReference], names: dict[str, str], metrics: dict[str, float]
+    ) -> JobDetail:
+        base = JobOut.from_row(job).model_dump()
+        candidates = [
+            ReferenceCandidate(
+                reference_id=r.reference_id,
+                name=names.get(r.reference_id) if r.reference_id else None,
+                rank=r.rank,
+                total=r.total,
+                texture=r.texture,
+                structure=r.structure,
+                used=r.used,
+                source=r.source,  # type: ignore[arg-type]
+            )
+            for r in rows
+        ]
+        choice = None
+        if candidates:
+            used = next((c for c in candidates if c.used), None)
+            choice = ReferenceChoice(
+                reference_id=used.reference_id if used else None,
+                name=used.name if used else None,
+                source=used.source if used else candidates[0].source,
+                score=used.total if used else None,
+                candidates=candidates,
+            )
+        return cls(**base, reference=choice, metrics=metrics)
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(None, description="pass as ?cursor= for the next page; null at the end")
+
+
+class Rejected(BaseModel):
+    """A file refused at upload (the others in the same request were accepted)."""
+
+    name: str
+    code: str
+    message: str
+
+
+class PhotosAccepted(BaseModel):
+    jobs: list[JobOut]
+    rejected: list[Rejected] = Field(default_factory=list)
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+class BatchOptions(_Request):
+    reference_mode: ReferenceMode = "auto"
+    reference_id: str | None = Field(None, pattern=ID_PATTERN, description="required for reference_mode=manual")
+    output_format: OutputFormat = "png"
+    working_size: int | None = Field(None, ge=32, le=4096, description="colourization resolution (short side)")
+
+
+class BatchCreate(_Request):
+    name: str = Field(min_length=1, max_length=200)
+    options: BatchOptions = Field(default_factory=BatchOptions)
+    webhook_url: str | None = Field(
+        None, max_length=2000, pattern=r"^https?://[^\s]+$", description="POSTed (signed) when the batch finishes"
+    )
+
+
+class BatchProgressOut(BaseModel):
+    counts: dict[str, int]
+    total: int
+    done: int
+    done_fraction: float
+    throughput_per_min: float | None = Field(None, description="photos per minute so far")
+    eta_s: float | None = Field(None, description="seconds left at the current rate; null before any finished")
+
+
+class BatchOut(BaseModel):
+    id: str
+    name: str
+    status: BatchStatus
+    options: dict[str, Any]
+    webhook_url: str | None
+    total_jobs: int
+    created_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    progress: BatchProgressOut
+    report_url: str | None = Field(None, description="API path of the HTML report once finished")
+
+    @classmethod
+    def from_row(cls, batch: Batch, progress: BatchProgressOut) -> BatchOut:
+        return cls(
+            id=batch.id,
+            name=batch.name,
+            status=batch.status,  # type: ignore[arg-type]
+            options=dict(batch.options or {}),
+            webhook_url=batch.webhook_url,
+            total_jobs=batch.total_jobs,
+            created_at=batch.created_at,
+            submitted_at=batch.submitted_at,
+            finished_at=batch.finished_at,
+            progress=progress,
+            report_url=f"/v1/batches/{batch.id}/report" if batch.report_key else None,
+        )
+
+
+class BatchPage(BaseModel):
+    items: list[BatchOut]
+    next_cursor: str | None = None
+
+
+class BatchCancelled(BaseModel):
+    batch: BatchOut
+    cancelled_jobs: int = Field(description="queued jobs cancelled by this call (running ones finish)")
+
+
+class ArchiveInfo(BaseModel):
+    name: str
+    bytes: int
+    members: int = Field(description="entries in the archive's central directory")
+
+
+class ArchiveAccepted(BaseModel):
+    batch: BatchOut
+    archive: ArchiveInfo
+
+
+class UploadsRequest(_Request):
+    files: list[str] = Field(min_length=1, max_length=MAX_UPLOAD_NAMES, description="file names to upload")
+
+
+class PresignedUpload(BaseModel):
+    name: str = Field(description="the name as sent")
+    stored_name: str = Field(description="the sanitised name the object is stored under")
+    url: str
+    method: Literal["PUT"] = "PUT"
+    expires_in_s: int
+
+
+class UploadsOut(BaseModel):
+    uploads: list[PresignedUpload]
+
+
+class SubmitRequest(_Request):
+    files: list[str] | None = Field(
+        None,
+        max_length=100_000,
+        description="names uploaded through presigned URLs that must all be present; default: every upload",
+    )
+
+
+class SubmitOut(BaseModel):
+    batch: BatchOut
+    registered: int = Field(description="jobs created from presigned uploads by this call")
+    rejected: list[Rejected] = Field(default_factory=list)
+
+
+# --- references ---------------------------------------------------------------------------------
+
+
+class ReferenceOut(BaseModel):
+    id: str
+    name: str
+    status: ReferenceStatus
+    sha256: str
+    created_at: datetime
+    indexed_at: datetime | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, ref: Reference) -> ReferenceOut:
+        return cls(
+            id=ref.id,
+            name=ref.name,
+            status=ref.status,  # type: ignore[arg-type]
+            sha256=ref.sha256,
+            created_at=ref.created_at,
+            indexed_at=ref.indexed_at,
+            error=ref.error,
+        )
+
+
+class ReferencesAccepted(BaseModel):
+    references: list[ReferenceOut]
+    rejected: list[Rejected] = Field(default_factory=list)
+
+
+class ReferenceList(BaseModel):
+    items: list[ReferenceOut]
+
+
+# --- health -------------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+    duration_ms: float
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, Check]
+    error: ErrorInfo | None = None
+
+
+# --- multipart request bodies (documented by hand: the handlers stream the body themselves) ------
+
+
+def _binary(description: str) -> dict[str, Any]:
+    return {"type": "string", "format": "binary", "description": description}
+
+
+def multipart_body(properties: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose multipart body is parsed by ``api.uploads``."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": properties, "required": required},
+                }
+            },
+        }
+    }
+
+
+JOB_UPLOAD_BODY = multipart_body(
+    {
+        "file": _binary("the photo (format sniffed from its bytes)"),
+        "reference": _binary("optional colour reference photo; added to the tenant's corpus and used for this job"),
+        "reference_id": {"type": "string", "pattern": ID_PATTERN, "description": "a reference of the corpus"},
+        "reference_mode": {"type": "string", "enum": ["auto", "manual", "none"]},
+        "output_format": {"type": "string", "enum": ["png", "jpeg", "tiff16"]},
+    },
+    ["file"],
+)
+
+PHOTOS_UPLOAD_BODY = multipart_body(
+    {"files": {"type": "array", "items": _binary("a photo"), "description": "one or many photos"}},
+    ["files"],
+)
+
+ARCHIVE_UPLOAD_BODY = multipart_body({"file": _binary("a zip archive of photos")}, ["file"])
+
+REFERENCES_UPLOAD_BODY = multipart_body(
+    {"files": {"type": "array", "items": _binary("a colour photo"), "description": "one or many reference photos"}},
+    ["files"],
+)
