@@ -74,6 +74,7 @@ from db.workflow import (
     get_or_create_tenant,
     iter_batch_jobs,
     reference_name,
+    stale_pending_references,
 )
 
 __all__ = [
@@ -83,6 +84,7 @@ __all__ = [
     "get_or_create_tenant",
     "iter_batch_jobs",
     "reference_name",
+    "stale_pending_references",
     "ALREADY_TERMINAL",
     "BatchProgress",
     "CANCELLED",

@@ -4,6 +4,7 @@ mode, paging through a whole batch, and idempotent job creation for archive inge
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -21,6 +22,7 @@ __all__ = [
     "get_or_create_tenant",
     "iter_batch_jobs",
     "reference_name",
+    "stale_pending_references",
 ]
 
 SKIPPED_MEMBER = "skipped_member"
@@ -80,3 +82,15 @@ def create_failed_job(
     job = create_job(s, tenant_id, batch_id, input_key, None, input_name, None)
     fail_job(s, job.id, None, code, message)
     return job
+
+
+def stale_pending_references(s: Session, now: datetime, older_than_s: float, limit: int = 500) -> list[str]:
+    """References still waiting for their index task long after upload: the broker may have lost it."""
+    cutoff = now - timedelta(seconds=older_than_s)
+    stmt = (
+        select(Reference.id)
+        .where(Reference.status == "pending", Reference.created_at < cutoff)
+        .order_by(Reference.created_at)
+        .limit(limit)
+    )
+    return list(s.scalars(stmt))

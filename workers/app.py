@@ -63,6 +63,10 @@ def configure(app: Celery, settings: Settings) -> None:
                 "task": "pikfix.maintenance.dispatch_queued_jobs",
                 "schedule": settings.maintenance_interval_s,
             },
+            "reindex-pending-references": {
+                "task": "pikfix.maintenance.reindex_pending_references",
+                "schedule": settings.maintenance_interval_s * 5,
+            },
             "finish-batches": {
                 "task": "pikfix.maintenance.finish_batches",
                 "schedule": settings.maintenance_interval_s,

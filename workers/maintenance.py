@@ -4,6 +4,7 @@
   (the broker may have lost them: Redis restarted or flushed, a worker vanished). Sending twice is safe:
   the claim and completion are compare-and-set, results go to deterministic keys.
 - ``dispatch_queued_jobs``: meters waiting jobs into the broker within each tenant's backlog allowance.
+- ``reindex_pending_references``: references whose index task was lost are sent again.
 - ``finish_batches``: marks batches whose jobs are all terminal as finished, writes the batch report and
   calls the batch webhook.
 """
@@ -39,6 +40,21 @@ def resend_stuck_jobs() -> int:
     if job_ids:
         log.warning("re-sent %d stuck jobs", len(job_ids))
     return len(job_ids)
+
+
+@app.task(name="pikfix.maintenance.reindex_pending_references")
+def reindex_pending_references() -> int:
+    """Re-send index tasks for references stuck in ``pending`` (indexing is idempotent)."""
+    from workers.tasks import index_reference
+
+    runtime = get_runtime()
+    with session_scope(runtime.database_url) as s:
+        ref_ids = repo.stale_pending_references(s, datetime.now(UTC), older_than_s=runtime.settings.job_stuck_after_s)
+    for ref_id in ref_ids:
+        index_reference.apply_async(args=[ref_id])
+    if ref_ids:
+        log.warning("re-sent %d pending reference index tasks", len(ref_ids))
+    return len(ref_ids)
 
 
 @app.task(name="pikfix.maintenance.dispatch_queued_jobs")

@@ -30,6 +30,8 @@ from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
+MIN_SIDE = 8  # below this there is nothing to restore and the metrics' 3x3 operators do not fit
+
 TRANSIENT_ERRORS = (StorageUnavailable, OperationalError, PoolTimeout, ConnectionError, TimeoutError)
 
 
@@ -100,6 +102,9 @@ def _run(runtime: WorkerRuntime, job_id: str) -> JobOutcome:
         return fail(exc.code, exc.message)
     fetched = time.perf_counter()
     chosen_size = decoded.rgb.shape[:2]
+    if min(chosen_size) < MIN_SIDE:
+        height, width = chosen_size
+        return fail("image_too_small", f"{width}x{height} pixels; at least {MIN_SIDE} px on each side are needed")
 
     try:
         chosen: ChosenReference = choose_reference(

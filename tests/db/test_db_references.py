@@ -82,3 +82,23 @@ def test_a_manual_reference_must_be_the_tenants_own(url: str) -> None:
             )
         with pytest.raises(InvalidOptions):
             create_batch(s, acme, "album", {"reference_mode": "none", "reference_id": mine})
+
+
+def test_stale_pending_references_are_found_for_reindexing(url: str) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from db.models import Reference, utcnow
+    from db.workflow import stale_pending_references
+
+    with session_scope(url) as s:
+        tenant = create_tenant(s, "stale")
+        old = add_reference(s, tenant.id, "old.jpg", "t/references/a.jpg", "a" * 64).id
+        new = add_reference(s, tenant.id, "new.jpg", "t/references/b.jpg", "b" * 64).id
+        done = add_reference(s, tenant.id, "done.jpg", "t/references/c.jpg", "c" * 64).id
+        s.execute(update(Reference).where(Reference.id.in_([old, done])).values(created_at=utcnow() - timedelta(hours=2)))
+        mark_reference_indexed(s, done, b"\x00\x01")
+    with session_scope(url) as s:
+        assert stale_pending_references(s, utcnow(), older_than_s=600) == [old]
+        assert set(stale_pending_references(s, utcnow() + timedelta(seconds=1), older_than_s=0.0)) == {old, new}

@@ -1,0 +1,1012 @@
+"""Decode uploaded photos safely and encode restored ones with their metadata.
+
+Decoding treats every upload as hostile: the format is sniffed from the bytes (never the file name),
+only an allowlist of Pillow decoders may run, the pixel count is checked from the header before any
+pixel is decoded, and every failure becomes a ``PikFixInputError`` with a stable code. What archives
+care about survives: EXIF orientation is applied to the pixels, the ICC profile is converted to sRGB
+(the original is kept on record), 16-bit scans keep 16-bit precision, EXIF/XMP/DPI are carried to
+the output, and a provenance record (model, checkpoint hash, reference, parameters) is written as
+XMP so a machine can tell what was done to the photo.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import sys
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+from PIL import (
+    Image,
+    ImageCms,
+    PngImagePlugin,
+    TiffImagePlugin,
+    UnidentifiedImageError,
+    features,
+)
+
+from pikfix import __version__
+from pikfix.errors import PikFixInputError
+
+log = logging.getLogger(__name__)
+
+# Sniffed name -> Pillow decoder allowed to open it. Everything else is refused before Pillow runs.
+_DECODERS: dict[str, tuple[str, ...]] = {
+    "png": ("PNG",),
+    "jpeg": ("JPEG", "MPO"),
+    "tiff": ("TIFF",),
+    "bmp": ("BMP",),
+    "gif": ("GIF",),
+    "webp": ("WEBP",),
+}
+if features.check("jpg_2000"):
+    _DECODERS["jpeg2000"] = ("JPEG2000",)
+
+SUPPORTED_INPUT_FORMATS: frozenset[str] = frozenset(_DECODERS)
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "tiff16")
+_FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff16", "tiff": "tiff16", "tiff16": "tiff16", "png": "png", "jpeg": "jpeg"}
+_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff16": "image/tiff"}
+_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "tiff16": ".tif"}
+
+XMP_NAMESPACE = "http://ns.pikfix.org/provenance/1.0/"
+_XMP_PREFIX = "pikfix"
+_JPEG_XMP_LIMIT = 65_000  # one APP1 segment holds 65,502 bytes after its header
+_STRIP_PIXELS = 1 << 20  # rows converted per step are sized to about one megapixel
+
+_ORIENTATION_TAG = 0x0112
+_EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 0x8769, 0x8825, 0xA005
+# TIFF layout tags: they describe the source file's pixel storage, not the photo, so they must not
+# travel to the output (a TIFF's IFD0 is also its "EXIF"). XMP, ICC and Photoshop blocks travel
+# separately or not at all.
+_EXIF_LAYOUT_TAGS = frozenset(
+    {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 284, 317, 320, 322, 323,
+     324, 325, 338, 339, 347, 513, 514, 530, 700, 33723, 34377, 34675, 37724, _INTEROP_IFD}
+)
+
+
+@dataclass
+class DecodedImage:
+    """A decoded photo in sRGB, oriented upright, with the metadata worth carrying to the output.
+
+    ``exif`` is already cleaned for writing back (orientation reset to 1, the source file's storage
+    layout tags removed); ``icc`` is the original profile, kept for the record after the pixels were
+    converted to sRGB. ``size`` is (width, height) of ``rgb`` (after the EXIF rotation).
+    """
+
+    rgb: np.ndarray  # float32 (H, W, 3) in [0, 1], sRGB
+    was_grey: bool
+    bit_depth: int  # 8 or 16: the precision the source carried
+    size: tuple[int, int]
+    format: str  # sniffed input format ("png", "jpeg", "tiff", ...)
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    icc: bytes | None = None
+    dpi: tuple[float, float] | None = None
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+    @property
+    def megapixels(self) -> float:
+        return self.size[0] * self.size[1] / 1e6
+
+
+# ---------------------------------------------------------------------------------------------------
+# Format helpers
+
+
+def normalize_output_format(fmt: str) -> str:
+    """Accept the usual spellings (jpg, tif, tiff) and return one of ``OUTPUT_FORMATS``."""
+    key = str(fmt).strip().lower().lstrip(".")
+    if key not in _FORMAT_ALIASES:
+        raise ValueError(f"unknown output format {fmt!r}; expected one of {OUTPUT_FORMATS}")
+    return _FORMAT_ALIASES[key]
+
+
+def content_type_for(fmt: str) -> str:
+    return _CONTENT_TYPES[normalize_output_format(fmt)]
+
+
+def extension_for(fmt: str) -> str:
+    return _EXTENSIONS[normalize_output_format(fmt)]
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """Name the image format from its first bytes, or None when the bytes are not an image we know.
+
+    Known but undecodable formats (psd, heif, avif, jxl, ico, svg) are named too, so the caller can
+    tell "unsupported format" from "not an image".
+    """
+    head = bytes(data[:64])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56, 64, 108, 124):
+        return "bmp"
+    if head.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or head.startswith(b"\xff\x4f\xff\x51"):
+        return "jpeg2000"
+    if head.startswith(b"8BPS"):
+        return "psd"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "avif"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis"):
+            return "heif"
+    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
+        return "jxl"
+    if head.startswith(b"\x00\x00\x01\x00") and len(head) > 6 and head[4] > 0:
+        return "ico"
+    text_head = bytes(data[:1024]).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text_head.startswith(b"<svg") or (text_head.startswith(b"<?xml") and b"<svg" in text_head):
+        return "svg"
+    return None
+
+
+def _describe_non_image(data: bytes) -> str:
+    head = bytes(data[:512]).lstrip(b"\xef\xbb\xbf \t\r\n")
+    low = head.lower()
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if low.startswith((b"<!doctype html", b"<html")) or b"<html" in low[:256]:
+        return "an HTML page"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    sample = bytes(data[:4096])
+    try:
+        sample.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "unrecognised binary data"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_image(data: bytes | bytearray | memoryview | str | Path, max_pixels: int | None = None) -> DecodedImage:
+    """Decode an uploaded photo (bytes or a path) into sRGB float32 with its metadata.
+
+    Raises ``PikFixInputError`` for every kind of bad input; nothing raw from Pillow escapes.
+    ``max_pixels`` defaults to the configured decompression-bomb limit.
+    """
+    if isinstance(data, (str, Path)):
+        data = Path(data).read_bytes()
+    data = bytes(data)
+    if not data:
+        raise PikFixInputError("empty_file", "the file is empty (0 bytes)")
+    fmt = sniff_image_format(data)
+    if fmt is None:
+        raise PikFixInputError("not_an_image", f"the file is not an image: it looks like {_describe_non_image(data)}")
+    if fmt not in _DECODERS:
+        raise PikFixInputError(
+            "unsupported_format", f"{fmt.upper()} images are not supported; use one of {sorted(_DECODERS)}"
+        )
+    limit = _resolve_pixel_limit(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about odd EXIF/bombs; we decide ourselves
+            return _decode(data, fmt, limit)
+    except PikFixInputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise _classify_failure(exc, data, fmt) from exc
+
+
+def decode_pil_image(image: Image.Image, max_pixels: int | None = None) -> DecodedImage:
+    """Wrap an already opened Pillow image (e.g. from a caller's own pipeline) as a ``DecodedImage``."""
+    limit = _resolve_pixel_limit(max_pixels)
+    if image.width * image.height > limit:
+        raise PikFixInputError("too_many_pixels", _too_many_message(image.size, limit))
+    fmt = (image.format or "pil").lower()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _finish_decode(image, None, fmt)
+    except PikFixInputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise PikFixInputError("corrupt_image", f"the image could not be read: {exc}") from exc
+
+
+def _resolve_pixel_limit(max_pixels: int | None) -> int:
+    if max_pixels is None:
+        from pikfix.settings import get_settings
+
+        max_pixels = get_settings().max_image_pixels
+    if max_pixels <= 0:
+        raise ValueError("max_pixels must be positive")
+    # Pillow's own guard (process-wide) refuses anything over twice its limit; our check, made from the
+    # header below, is the one that matters, so only ever raise Pillow's limit, never lower it.
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    return max_pixels
+
+
+def _too_many_message(size: tuple[int, int], limit: int) -> str:
+    w, h = size
+    return f"the image is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of {limit / 1e6:.1f}"
+
+
+def _open(data: bytes, fmt: str) -> Image.Image:
+    image = Image.open(io.BytesIO(data), formats=list(_DECODERS[fmt]))
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)  # animations and multi-page TIFFs: the first frame is the photo
+    return image
+
+
+def _decode(data: bytes, fmt: str, limit: int) -> DecodedImage:
+    image = _open(data, fmt)
+    w, h = image.size
+    if w <= 0 or h <= 0:
+        raise PikFixInputError("corrupt_image", f"the image header declares an empty size {w}x{h}")
+    if w * h > limit:  # from the header: no pixel has been decoded yet
+        raise PikFixInputError("too_many_pixels", _too_many_message((w, h), limit))
+    return _finish_decode(image, data, fmt)
+
+
+def _finish_decode(image: Image.Image, data: bytes | None, fmt: str) -> DecodedImage:
+    # Decide on the 16-bit path while the decoder tiles are still there: reading PNG EXIF loads pixels.
+    wide = data is not None and _is_rgb16(image)
+    if not wide:
+        image.load()  # decode errors (truncation) surface here, not inside the EXIF reader
+    exif, orientation = _read_exif(image)
+    xmp = _read_xmp(image)
+    icc = image.info.get("icc_profile") or None
+    dpi = _read_dpi(image)
+    rgb, was_grey, depth = _read_pixels(image, data if wide else None, fmt, icc, orientation)
+    height, width = rgb.shape[:2]
+    if exif is not None:
+        exif = _clean_exif(exif, (width, height))
+    return DecodedImage(
+        rgb=rgb, was_grey=was_grey, bit_depth=depth, size=(width, height), format=fmt,
+        exif=exif, xmp=xmp, icc=icc, dpi=dpi,
+    )
+
+
+def _classify_failure(exc: Exception, data: bytes, fmt: str) -> PikFixInputError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return PikFixInputError("too_many_pixels", "the image header declares more pixels than the limit allows")
+    message = str(exc)
+    if isinstance(exc, EOFError) or "truncated" in message.lower() or _missing_end_marker(data, fmt):
+        return PikFixInputError("truncated_image", f"the {fmt.upper()} file ends before its image data does")
+    if isinstance(exc, UnidentifiedImageError):
+        return PikFixInputError("corrupt_image", f"the {fmt.upper()} header is damaged")
+    detail = f"{type(exc).__name__}: {message}"[:200]
+    return PikFixInputError("corrupt_image", f"the {fmt.upper()} data is damaged ({detail})")
+
+
+def _missing_end_marker(data: bytes, fmt: str) -> bool:
+    """Formats with an explicit end tell truncation apart from other damage."""
+    if fmt == "png":
+        return b"IEND" not in data[-64:]
+    if fmt == "jpeg":
+        return b"\xff\xd9" not in data[-4096:]
+    if fmt == "gif":
+        return not data.rstrip(b"\x00").endswith(b";")
+    if fmt == "webp" and len(data) >= 8:
+        return int.from_bytes(data[4:8], "little") + 8 > len(data)
+    return False
+
+
+def _read_exif(image: Image.Image) -> tuple[Image.Exif | None, int]:
+    try:
+        exif = image.getexif()
+    except Exception as exc:  # a damaged EXIF block must not cost the photo
+        log.warning("ignoring unreadable EXIF data: %s", exc)
+        return None, 1
+    orientation = exif.get(_ORIENTATION_TAG, 1)
+    if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+        orientation = 1
+    return (exif if len(exif) else None), orientation
+
+
+def _read_xmp(image: Image.Image) -> bytes | None:
+    xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
+    if not xmp and hasattr(image, "tag_v2"):
+        xmp = image.tag_v2.get(700)
+    if not xmp:
+        return None
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    elif isinstance(xmp, tuple):  # some TIFF writers store XMP as a tuple of byte values
+        xmp = bytes(xmp)
+    return bytes(xmp)
+
+
+def _read_dpi(image: Image.Image) -> tuple[float, float] | None:
+    dpi = image.info.get("dpi")
+    try:
+        x, y = (float(v) for v in dpi)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if not (0 < x < 1e6 and 0 < y < 1e6):
+        return None
+    return (round(x, 2), round(y, 2))  # PNG stores pixels per metre: 600 dpi reads back as 599.9988
+
+
+# --- pixels -----------------------------------------------------------------------------------------
+
+
+def _read_pixels(
+    image: Image.Image, data: bytes | None, fmt: str, icc: bytes | None, orientation: int
+) -> tuple[np.ndarray, bool, int]:
+    """Return (rgb float32 HxWx3, was_grey, bit_depth) for every supported mode."""
+    mode = image.mode
+    if data is not None:  # the caller saw 16-bit RGB(A) decoder tiles
+        wide = _load_rgb16(data, fmt)
+        if wide is not None:
+            return _finish_wide(_orient(wide, orientation), icc, grey=False)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _finish_wide(_orient(_high_depth_grey(image), orientation), icc, grey=True)
+    return _finish_8bit(image, icc, orientation)
+
+
+def _rawmode_of(tile: Any) -> str | None:
+    args = tile[3]
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return None
+
+
+def _is_rgb16(image: Image.Image) -> bool:
+    if image.mode not in ("RGB", "RGBA", "RGBX") or not image.tile:
+        return False
+    return all((_rawmode_of(t) or "").split(";")[-1] in ("16B", "16L", "16N") for t in image.tile)
+
+
+def _with_rawmode(tile: Any, rawmode: str) -> Any:
+    args = tile[3]
+    args = rawmode if isinstance(args, str) else (rawmode, *args[1:])
+    if hasattr(tile, "_replace"):
+        return tile._replace(args=args)
+    return (tile[0], tile[1], tile[2], args)
+
+
+def _byte_plane_rawmode(rawmode: str, low: bool) -> str:
+    """The rawmode that makes Pillow's unpacker keep the high (or the low) byte of each sample."""
+    base, bits = rawmode.rsplit(";", 1)
+    endian = bits[-1]
+    if endian == "N":
+        endian = "L" if sys.byteorder == "little" else "B"
+    if low:
+        endian = "B" if endian == "L" else "L"
+    return f"{base};16{endian}"
+
+
+def _load_rgb16(data: bytes, fmt: str) -> np.ndarray | None:
+    """Decode 16-bit RGB(A) losslessly: uint16 (H, W, C).
+
+    Pillow has no 16-bit RGB mode; it keeps only the high byte of each sample. Decoding twice, once
+    told the samples have the opposite byte order, yields the low bytes too (the codec and the PNG
+    filters work on the same byte stream; only the final unpack differs).
+    """
+    planes = []
+    padded = False
+    try:
+        for low in (False, True):
+            image = _open(data, fmt)
+            padded = image.mode == "RGBX"  # the fourth sample is padding, not alpha
+            image.tile = [_with_rawmode(t, _byte_plane_rawmode(_rawmode_of(t) or "", low)) for t in image.tile]
+            image.load()
+            planes.append(np.asarray(image))
+    except (OSError, ValueError, KeyError, SyntaxError) as exc:
+        if "truncated" in str(exc).lower():
+            raise
+        log.warning("16-bit RGB decode fell back to 8 bits: %s", exc)
+        return None
+    high, low_bytes = planes
+    wide = (high.astype(np.uint16) << 8) | low_bytes
+    if padded or (wide.shape[2] == 4 and _is_opaque(wide[..., 3], 65535)):
+        wide = wide[..., :3]  # opaque alpha: skip compositing
+    return wide
+
+
+def _high_depth_grey(image: Image.Image) -> np.ndarray:
+    """16-bit, 32-bit integer and float grey as float32 (H, W) in [0, 1].
+
+    Mode I is read on the 16-bit scale (it is how Pillow represents 16-bit PNG/TIFF grey); float
+    data already in [0, 1] is kept, other float ranges are scaled by their maximum.
+    """
+    arr = np.asarray(image)
+    if image.mode == "F":
+        arr = np.nan_to_num(arr.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+        peak = float(arr.max()) if arr.size else 1.0
+        scale = 1.0 if peak <= 1.0 else (65535.0 if peak <= 65535.0 else peak)
+        return np.clip(arr / np.float32(scale), 0.0, 1.0).astype(np.float32, copy=False)
+    if image.mode == "I":
+        arr = np.clip(arr, 0, 65535)
+    return np.multiply(arr, np.float32(1.0 / 65535.0), dtype=np.float32)
+
+
+def _is_opaque(alpha: np.ndarray, full: int) -> bool:
+    return bool(alpha.min() == full) if alpha.size else True
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply the EXIF orientation (1-8) to an (H, W[, C]) array, returning a contiguous array."""
+    if orientation in (1, None):
+        return arr
+    swap = (1, 0, 2) if arr.ndim == 3 else (1, 0)
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(swap),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).transpose(swap),
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(ops[orientation](arr))
+
+
+def _finish_wide(wide: np.ndarray, icc: bytes | None, grey: bool) -> tuple[np.ndarray, bool, int]:
+    """uint16/float high-depth pixels -> (rgb float32, was_grey, 16)."""
+    if wide.dtype != np.float32:
+        wide = np.multiply(wide, np.float32(1.0 / 65535.0), dtype=np.float32)
+    if wide.ndim == 3 and wide.shape[2] == 4:  # RGBA: composite on white, as a print would show it
+        alpha = wide[..., 3:4]
+        wide = wide[..., :3] * alpha + (1.0 - alpha)
+    wide = _convert_wide_to_srgb(wide, icc, grey)
+    if wide.ndim == 2:
+        return _grey_to_rgb(wide), True, 16
+    return np.ascontiguousarray(wide, dtype=np.float32), _channels_equal(wide), 16
+
+
+def _finish_8bit(image: Image.Image, icc: bytes | None, orientation: int) -> tuple[np.ndarray, bool, int]:
+    mode = image.mode
+    source_grey = mode in ("1", "L", "LA", "La")
+    if mode == "1":
+        image = image.convert("L")
+    elif mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    elif mode in ("LA", "La"):
+        image = _composite_on_white(image.convert("LA"))
+    elif mode in ("RGBA", "RGBa"):
+        image = _composite_on_white(image.convert("RGBA"))
+    elif mode == "RGBX":
+        image = image.convert("RGB")
+    if image.mode == "RGBA":  # from a palette with transparency
+        image = _composite_on_white(image)
+    transform = _icc_transform(icc, image.mode)
+    if transform is not None:
+        image = ImageCms.applyTransform(image, transform)
+    if image.mode == "LAB":
+        lab = ImageCms.createProfile("LAB")
+        image = ImageCms.applyTransform(image, ImageCms.buildTransform(lab, _srgb_profile(), "LAB", "RGB"))
+    elif image.mode in ("CMYK", "YCbCr", "HSV"):
+        image = image.convert("RGB")
+    if image.mode not in ("L", "RGB"):
+        raise PikFixInputError("unsupported_mode", f"pixel mode {mode!r} is not supported")
+    arr = _orient(np.asarray(image), orientation)
+    if arr.ndim == 2:
+        return _grey_to_rgb(np.multiply(arr, np.float32(1.0 / 255.0), dtype=np.float32)), True, 8
+    was_grey = source_grey or _channels_equal(arr)
+    return np.multiply(arr, np.float32(1.0 / 255.0), dtype=np.float32), was_grey, 8
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    """Flatten transparency onto white paper, the way the photo would be printed."""
+    background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    flat = Image.alpha_composite(background, image.convert("RGBA"))
+    return flat.convert("L" if image.mode == "LA" else "RGB")
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    out = np.empty((*grey.shape, 3), dtype=np.float32)
+    out[...] = grey[..., None]
+    return out
+
+
+def _channels_equal(arr: np.ndarray) -> bool:
+    rows = max(1, _STRIP_PIXELS // max(1, arr.shape[1]))
+    for y in range(0, arr.shape[0], rows):
+        s = arr[y : y + rows]
+        if not (np.array_equal(s[..., 0], s[..., 1]) and np.array_equal(s[..., 0], s[..., 2])):
+            return False
+    return True
+
+
+# --- colour management ------------------------------------------------------------------------------
+
+_SRGB: ImageCms.ImageCmsProfile | None = None
+_LUT_NODES = 52  # fallback 3-D lattice for 16-bit RGB with table-based profiles: nodes every 5 levels
+
+
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    global _SRGB
+    if _SRGB is None:
+        _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    return _SRGB
+
+
+def srgb_icc_bytes() -> bytes:
+    """The sRGB profile embedded in every output (its pixels are sRGB)."""
+    return _srgb_profile().tobytes()
+
+
+def _icc_transform(icc: bytes | None, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A transform from the embedded profile to sRGB, or None when none is needed or possible.
+
+    A damaged or mismatched profile is ignored with a warning: the pixels are then taken as sRGB,
+    which is what every viewer without colour management does anyway.
+    """
+    if not icc or mode not in ("L", "RGB", "CMYK"):
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        name = (ImageCms.getProfileDescription(source) or "").strip()
+        if mode == "RGB" and "srgb" in name.lower().replace(" ", ""):
+            return None  # already sRGB: converting would only add rounding
+        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL)
+    except Exception as exc:  # PyCMSError, OSError, TypeError: all mean "unusable profile"
+        log.warning("ignoring unusable ICC profile (%d bytes): %s", len(icc), exc)
+        return None
+
+
+def _convert_wide_to_srgb(wide: np.ndarray, icc: bytes | None, grey: bool) -> np.ndarray:
+    """Colour-manage 16-bit pixels without dropping to 8 bits.
+
+    Pillow's colour management only runs on 8-bit images. Matrix/TRC profiles (Adobe RGB, ProPhoto,
+    Display P3, grey gamma: what scanners write) are applied exactly in float from the profile's own
+    curves and colorants; table-based profiles fall back to LittleCMS sampled on a lattice.
+    """
+    if not icc:
+        return wide
+    transform = _icc_transform(icc, "L" if grey else "RGB")
+    if transform is None:
+        return wide
+    shaper = _parse_matrix_shaper(icc, grey)
+    if shaper is not None:
+        return _apply_shaper(wide, shaper)
+    return _apply_lut_grey(wide, transform) if grey else _apply_lut_rgb(wide, transform)
+
+
+@dataclass(frozen=True)
+class _MatrixShaper:
+    curves: tuple[Any, ...]  # per channel: encoded value in [0, 1] -> linear light
+    to_srgb_linear: np.ndarray | None  # 3x3 device RGB (linear) -> linear sRGB; None for grey
+
+
+def _srgb_encode(linear: np.ndarray) -> np.ndarray:
+    linear = np.clip(linear, 0.0, 1.0)
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
+
+
+def _icc_tags(icc: bytes) -> dict[bytes, bytes]:
+    count = int.from_bytes(icc[128:132], "big")
+    tags = {}
+    for i in range(min(count, 100)):
+        entry = icc[132 + 12 * i : 144 + 12 * i]
+        offset, size = int.from_bytes(entry[4:8], "big"), int.from_bytes(entry[8:12], "big")
+        tags[entry[:4]] = icc[offset : offset + size]
+    return tags
+
+
+def _s15(raw: bytes) -> float:
+    return int.from_bytes(raw, "big", signed=True) / 65536.0
+
+
+def _parse_curve(tag: bytes) -> Any:
+    """An ICC curv/para tag as a vectorised function on [0, 1]."""
+    kind = tag[:4]
+    if kind == b"curv":
+        n = int.from_bytes(tag[8:12], "big")
+        if n == 0:
+            return lambda x: x
+        if n == 1:
+            gamma = int.from_bytes(tag[12:14], "big") / 256.0
+            return lambda x: np.power(np.clip(x, 0.0, 1.0), gamma)
+        table = np.frombuffer(tag[12 : 12 + 2 * n], dtype=">u2").astype(np.float64) / 65535.0
+        grid = np.linspace(0.0, 1.0, n)
+        return lambda x: np.interp(x, grid, table)
+    if kind == b"para":
+        fn = int.from_bytes(tag[8:10], "big")
+        count = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}[fn]
+        g, a, b, c, d, e, f = ([_s15(tag[12 + 4 * i : 16 + 4 * i]) for i in range(count)] + [0.0] * 7)[:7]
+        if fn == 0:
+            return lambda x: np.power(np.clip(x, 0.0, 1.0), g)
+        if fn in (1, 2):
+            c = c if fn == 2 else 0.0
+            return lambda x: np.where(x >= -b / a, np.power(np.clip(a * x + b, 0.0, None), g) + c, c)
+        return lambda x: np.where(x >= d, np.power(np.clip(a * x + b, 0.0, None), g) + e, c * x + f)
+    raise ValueError(f"unsupported curve type {kind!r}")
+
+
+def _parse_matrix_shaper(icc: bytes, grey: bool) -> _MatrixShaper | None:
+    try:
+        if icc[36:40] != b"acsp" or icc[20:24] != b"XYZ ":
+            return None
+        tags = _icc_tags(icc)
+        if grey:
+            return _MatrixShaper(curves=(_parse_curve(tags[b"kTRC"]),), to_srgb_linear=None)
+        curves = tuple(_parse_curve(tags[sig]) for sig in (b"rTRC", b"gTRC", b"bTRC"))
+        columns = []
+        for sig in (b"rXYZ", b"gXYZ", b"bXYZ"):
+            tag = tags[sig]
+            columns.append([_s15(tag[8 + 4 * i : 12 + 4 * i]) for i in range(3)])
+        xyz_from_device = np.array(columns).T
+        srgb = _srgb_profile().profile
+        xyz_from_srgb = np.array([srgb.red_colorant[0], srgb.green_colorant[0], srgb.blue_colorant[0]]).T
+        return _MatrixShaper(curves=curves, to_srgb_linear=np.linalg.solve(xyz_from_srgb, xyz_from_device))
+    except (KeyError, ValueError, IndexError, np.linalg.LinAlgError) as exc:
+        log.debug("ICC profile is not a plain matrix/TRC profile (%s): using the lattice", exc)
+        return None
+
+
+def _apply_shaper(wide: np.ndarray, shaper: _MatrixShaper) -> np.ndarray:
+    out = np.empty(wide.shape, dtype=np.float32)
+    rows = max(1, _STRIP_PIXELS // 4 // max(1, wide.shape[1]))
+    for y in range(0, wide.shape[0], rows):
+        strip = wide[y : y + rows].astype(np.float64)
+        if shaper.to_srgb_linear is None:
+            out[y : y + rows] = _srgb_encode(shaper.curves[0](strip))
+            continue
+        linear = np.stack([curve(strip[..., i]) for i, curve in enumerate(shaper.curves)], axis=-1)
+        out[y : y + rows] = _srgb_encode(linear @ shaper.to_srgb_linear.T)
+    return out
+
+
+def _apply_lut_grey(grey: np.ndarray, transform: ImageCms.ImageCmsTransform) -> np.ndarray:
+    """16-bit grey through a grey profile: an exact 256-entry curve, linearly interpolated."""
+    ramp = Image.fromarray(np.arange(256, dtype=np.uint8)[None, :], mode="L")
+    curve = np.asarray(ImageCms.applyTransform(ramp, transform), dtype=np.float32)[0].mean(axis=1) / 255.0
+    out = np.empty_like(grey)
+    rows = max(1, _STRIP_PIXELS // max(1, grey.shape[1]))
+    xp = np.linspace(0.0, 1.0, 256)
+    for y in range(0, grey.shape[0], rows):
+        out[y : y + rows] = np.interp(grey[y : y + rows], xp, curve)
+    return out
+
+
+def _apply_lut_rgb(rgb: np.ndarray, transform: ImageCms.ImageCmsTransform) -> np.ndarray:
+    """16-bit RGB through an RGB profile: LittleCMS evaluated on a lattice, trilinear in between.
+
+    Pillow's colour management only runs on 8-bit images; sampling it on a lattice and interpolating
+    keeps 16-bit gradations smooth (no banding) at the cost of ~0.5/255 error at the lattice nodes.
+    """
+    n = _LUT_NODES
+    levels = np.linspace(0, 255, n).round().astype(np.uint8)
+    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
+    lattice = np.stack((r, g, b), axis=-1).reshape(1, n**3, 3)
+    mapped = ImageCms.applyTransform(Image.fromarray(lattice, mode="RGB"), transform)
+    lut = np.asarray(mapped, dtype=np.float32).reshape(n, n, n, 3) / 255.0
+    out = np.empty_like(rgb, dtype=np.float32)
+    rows = max(1, _STRIP_PIXELS // 4 // max(1, rgb.shape[1]))
+    for y in range(0, rgb.shape[0], rows):
+        pos = np.clip(rgb[y : y + rows], 0.0, 1.0) * (n - 1)
+        i0 = np.minimum(pos.astype(np.int32), n - 2)
+        f = pos - i0
+        acc = np.zeros(pos.shape, dtype=np.float32)
+        for dr in (0, 1):
+            wr = f[..., 0] if dr else 1.0 - f[..., 0]
+            for dg in (0, 1):
+                wg = f[..., 1] if dg else 1.0 - f[..., 1]
+                for db in (0, 1):
+                    wb = f[..., 2] if db else 1.0 - f[..., 2]
+                    acc += (wr * wg * wb)[..., None] * lut[i0[..., 0] + dr, i0[..., 1] + dg, i0[..., 2] + db]
+        out[y : y + rows] = acc
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metadata
+
+
+def _clean_exif(exif: Image.Exif | bytes, size: tuple[int, int]) -> bytes | None:
+    """EXIF ready to write onto the restored pixels: upright, sized, without storage-layout tags.
+
+    Dates, camera, GPS, captions and copyright are kept; the embedded thumbnail (IFD1, which shows
+    the unrestored photo) and the interoperability pointer (its offset would dangle) are dropped.
+    """
+    try:
+        if isinstance(exif, (bytes, bytearray)):
+            source = Image.Exif()
+            source.load(bytes(exif))
+        else:
+            source = exif
+        cleaned = Image.Exif()
+        for tag, value in source.items():
+            if tag in _EXIF_LAYOUT_TAGS:
+                continue
+            if tag in (_EXIF_IFD, _GPS_IFD):
+                sub = {k: v for k, v in source.get_ifd(tag).items() if k not in (_INTEROP_IFD,)}
+                if tag == _EXIF_IFD:
+                    if 0xA002 in sub:
+                        sub[0xA002] = size[0]
+                    if 0xA003 in sub:
+                        sub[0xA003] = size[1]
+                if sub:
+                    cleaned[tag] = sub
+                continue
+            cleaned[tag] = value
+        if not len(cleaned):
+            return None
+        cleaned[_ORIENTATION_TAG] = 1
+        return cleaned.tobytes()
+    except Exception as exc:
+        log.warning("dropping EXIF data that cannot be re-encoded: %s", exc)
+        return None
+
+
+def _exif_object(exif: bytes, size: tuple[int, int]) -> Image.Exif | None:
+    cleaned = _clean_exif(exif, size)
+    if cleaned is None:
+        return None
+    out = Image.Exif()
+    out.load(cleaned)
+    return out
+
+
+def _provenance_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)) or value is None:
+        return json.dumps(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _provenance_key(key: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(key))
+    return name if re.match(r"[A-Za-z_]", name) else f"_{name}"
+
+
+def _provenance_description(provenance: dict[str, Any]) -> str:
+    attrs = " ".join(
+        f"{_XMP_PREFIX}:{_provenance_key(k)}={quoteattr(_provenance_text(v))}" for k, v in sorted(provenance.items())
+    )
+    return f'<rdf:Description rdf:about="" xmlns:{_XMP_PREFIX}="{XMP_NAMESPACE}" {attrs}/>'
+
+
+_XPACKET_RE = re.compile(rb"<\?xpacket[^>]*\?>")
+_OUR_DESCRIPTION_RE = re.compile(r"<rdf:Description\b[^>]*xmlns:pikfix=\"[^\"]*\"[^>]*/>")
+
+
+def build_xmp(provenance: dict[str, Any] | None, original: bytes | None = None) -> bytes | None:
+    """An XMP packet holding the original XMP (if any, orientation reset) plus our provenance record."""
+    if not provenance and not original:
+        return None
+    ours = _provenance_description(provenance) if provenance else ""
+    body = None
+    if original:
+        body = _merge_into_original(original, ours)
+    if body is None:
+        body = (
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f"{ours}</rdf:RDF></x:xmpmeta>"
+        )
+    packet = f'<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n{body}\n<?xpacket end="w"?>'
+    return packet.encode("utf-8")
+
+
+def _merge_into_original(original: bytes, ours: str) -> str | None:
+    try:
+        text = _XPACKET_RE.sub(b"", original).decode("utf-8").strip().strip("\x00").strip()
+    except UnicodeDecodeError:
+        log.warning("dropping original XMP that is not UTF-8")
+        return None
+    text = _OUR_DESCRIPTION_RE.sub("", text)  # a photo restored twice keeps only the latest record
+    text = re.sub(r'tiff:Orientation="\d"', 'tiff:Orientation="1"', text)
+    text = re.sub(r"<tiff:Orientation>\d</tiff:Orientation>", "<tiff:Orientation>1</tiff:Orientation>", text)
+    end = text.rfind("</rdf:RDF>")
+    if end < 0:
+        log.warning("dropping original XMP without an rdf:RDF element")
+        return None
+    merged = text[:end] + ours + text[end:]
+    try:
+        ET.fromstring(merged)
+    except ET.ParseError as exc:
+        log.warning("dropping original XMP that is not well-formed: %s", exc)
+        return None
+    return merged
+
+
+def read_provenance(xmp: bytes | str | None) -> dict[str, str]:
+    """The provenance fields written by ``build_xmp`` (values as written: strings or JSON text)."""
+    if not xmp:
+        return {}
+    raw = xmp.encode("utf-8") if isinstance(xmp, str) else bytes(xmp)
+    try:
+        root = ET.fromstring(_XPACKET_RE.sub(b"", raw).strip())
+    except ET.ParseError:
+        return {}
+    prefix = "{" + XMP_NAMESPACE + "}"
+    out: dict[str, str] = {}
+    for element in root.iter():
+        for name, value in element.attrib.items():
+            if name.startswith(prefix):
+                out[name[len(prefix):]] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def encode_image(
+    rgb: np.ndarray,
+    fmt: str,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
+    dpi: tuple[float, float] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> bytes:
+    """Encode sRGB float pixels (H, W, 3) or (H, W) in [0, 1] as PNG (8-bit), JPEG (q95) or 16-bit TIFF.
+
+    ``exif`` and ``xmp`` are the original's metadata (e.g. from ``DecodedImage``); the EXIF orientation
+    is reset to 1 because the pixels are already upright. ``provenance`` goes into XMP (merged with
+    the original XMP) and, for PNG, also into iTXt chunks. The sRGB ICC profile is always embedded.
+    """
+    fmt = normalize_output_format(fmt)
+    rgb = np.asarray(rgb)
+    if rgb.ndim == 2:
+        rgb = rgb[..., None]
+    if rgb.ndim != 3 or rgb.shape[2] not in (1, 3) or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ValueError(f"expected an (H, W, 3) or (H, W) image, got shape {rgb.shape}")
+    height, width = rgb.shape[:2]
+    exif_obj = _exif_object(exif, (width, height)) if exif else None
+    packet = build_xmp(provenance, xmp)
+    dpi = _valid_dpi(dpi)
+    if fmt == "tiff16":
+        return _encode_tiff16(_quantize(rgb, np.uint16), exif_obj, packet, dpi)
+    pixels = _quantize(rgb, np.uint8)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels, mode="L" if pixels.shape[2] == 1 else "RGB")
+    out = io.BytesIO()
+    options: dict[str, Any] = {"icc_profile": srgb_icc_bytes()}
+    if exif_obj is not None:
+        options["exif"] = exif_obj
+    if dpi is not None:
+        options["dpi"] = dpi
+    if fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        if packet is not None:
+            info.add_itxt("XML:com.adobe.xmp", packet.decode("utf-8"))
+        for key, value in sorted((provenance or {}).items()):
+            info.add_itxt(f"{_XMP_PREFIX}:{_provenance_key(key)}"[:79], _provenance_text(value))
+        info.add_text("Software", f"pikfix {__version__}")
+        image.save(out, "PNG", pnginfo=info, **options)
+    else:
+        if packet is not None and len(packet) > _JPEG_XMP_LIMIT:
+            log.warning("original XMP too large for JPEG (%d bytes): keeping only the provenance", len(packet))
+            packet = build_xmp(provenance, None)
+        if dpi is not None:
+            options["dpi"] = (round(dpi[0]), round(dpi[1]))
+        image.save(out, "JPEG", quality=95, **options)
+        if packet is not None:
+            return _insert_jpeg_xmp(out.getvalue(), packet)
+    return out.getvalue()
+
+
+def _insert_jpeg_xmp(jpeg: bytes, packet: bytes) -> bytes:
+    """Add an XMP APP1 segment after the JFIF/EXIF segments (written here, not by Pillow, whose
+    support for XMP on save depends on its version)."""
+    segment = b"http://ns.adobe.com/xap/1.0/\x00" + packet
+    pos = 2  # after SOI
+    while jpeg[pos] == 0xFF and jpeg[pos + 1] in (0xE0, 0xE1):
+        pos += 2 + int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
+    return jpeg[:pos] + b"\xff\xe1" + (len(segment) + 2).to_bytes(2, "big") + segment + jpeg[pos:]
+
+
+def _valid_dpi(dpi: Any) -> tuple[float, float] | None:
+    if dpi is None:
+        return None
+    try:
+        x, y = (float(v) for v in dpi)
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if 0 < x < 1e6 and 0 < y < 1e6 else None
+
+
+def _quantize(rgb: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
+    """Round [0, 1] floats to integers in strips, so no full-size float64 temporary is ever made."""
+    top = np.float32(np.iinfo(dtype).max)
+    out = np.empty(rgb.shape, dtype=dtype)
+    rows = max(1, _STRIP_PIXELS // max(1, rgb.shape[1]))
+    for y in range(0, rgb.shape[0], rows):
+        strip = np.nan_to_num(rgb[y : y + rows].astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(strip, 0.0, 1.0, out=strip)
+        strip *= top
+        strip += np.float32(0.5)
+        out[y : y + rows] = strip.astype(dtype)
+    return out
+
+
+def _encode_tiff16(pixels: np.ndarray, exif: Image.Exif | None, xmp: bytes | None, dpi: tuple[float, float] | None) -> bytes:
+    """A baseline uncompressed little-endian TIFF with 16-bit samples (Pillow cannot write 16-bit RGB).
+
+    Pillow's IFD serialiser lays out header | IFD | tag data | strips and relocates StripOffsets
+    past the tag data, so strip offsets are given relative to the first strip.
+    """
+    height, width, channels = pixels.shape
+    row_bytes = width * channels * 2
+    strip_bytes_total = height * row_bytes
+    if strip_bytes_total > 0xF000_0000:
+        raise ValueError("image too large for a classic TIFF (4 GB); choose PNG or JPEG")
+    rows_per_strip = max(1, min(height, (1 << 20) // row_bytes))
+    starts = list(range(0, height, rows_per_strip))
+    counts = [(min(height, y + rows_per_strip) - y) * row_bytes for y in starts]
+    offsets = [y * row_bytes for y in starts]
+
+    try:
+        directory = _tiff_directory(width, height, channels, rows_per_strip, offsets, counts, exif, xmp, dpi)
+    except Exception as exc:  # an odd EXIF value the TIFF serialiser cannot write must not cost the photo
+        log.warning("writing the TIFF without EXIF, which could not be serialised: %s", exc)
+        directory = _tiff_directory(width, height, channels, rows_per_strip, offsets, counts, None, xmp, dpi)
+    out = io.BytesIO()
+    out.write(b"II*\x00" + (8).to_bytes(4, "little"))
+    out.write(directory)
+    data = pixels.astype("<u2", copy=False)
+    rows = max(1, _STRIP_PIXELS // max(1, width))
+    for y in range(0, height, rows):
+        out.write(np.ascontiguousarray(data[y : y + rows]).tobytes())
+    return out.getvalue()
+
+
+def _tiff_directory(
+    width: int,
+    height: int,
+    channels: int,
+    rows_per_strip: int,
+    offsets: list[int],
+    counts: list[int],
+    exif: Image.Exif | None,
+    xmp: bytes | None,
+    dpi: tuple[float, float] | None,
+) -> bytes:
+    """IFD0 of the output TIFF, serialised for a file whose IFD starts at byte 8."""
+    ifd = TiffImagePlugin.ImageFileDirectory_v2()
+    if exif is not None:  # in a TIFF the EXIF IFD0 tags live in the image's own IFD
+        for tag, value in exif.items():
+            if tag in (_EXIF_IFD, _GPS_IFD):
+                sub = exif.get_ifd(tag)
+                if sub:
+                    ifd[tag] = dict(sub)
+            elif tag not in _EXIF_LAYOUT_TAGS:
+                ifd[tag] = value
+    ifd[256] = width
+    ifd[257] = height
+    ifd[258] = (16,) * channels
+    ifd[259] = 1  # no compression
+    ifd[262] = 2 if channels == 3 else 1  # RGB or min-is-black
+    ifd[273] = tuple(offsets)
+    ifd[277] = channels
+    ifd[278] = rows_per_strip
+    ifd[279] = tuple(counts)
+    ifd[284] = 1  # chunky
+    ifd[305] = f"pikfix {__version__}"
+    ifd[_ORIENTATION_TAG] = 1
+    if dpi is not None:
+        ifd[282], ifd[283], ifd[296] = dpi[0], dpi[1], 2
+    if xmp is not None:
+        ifd[700] = xmp
+    if channels == 3:
+        ifd[34675] = srgb_icc_bytes()
+    return ifd.tobytes(8)

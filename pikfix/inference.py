@@ -1,0 +1,377 @@
+"""Restore and colourize one photo at its full resolution with a loaded Pik-Fix model.
+
+The pipeline (paper section 3, arranged for scans of any size):
+
+1. the input's luminance (CIE L/100) is restored by the restoration sub-net in overlapping tiles at
+   FULL resolution (``pikfix.tiling``), never resized down;
+2. the restored luminance and the reference are resized to the working size (short side
+   ``working_size``, aspect kept, long side capped) where the similarity and colourization sub-nets
+   run, because their correlation cost is quadratic in pixels;
+3. the predicted chroma is up-sampled bilinearly onto the full-resolution restored luminance and
+   converted Lab -> sRGB in horizontal strips, so a 48-megapixel scan needs only a few full-size
+   float32 planes (input L, restored L, output RGB), never a float64 copy.
+
+Without a reference there is no colour to transfer: the result is the restored photo in grey
+(chroma zero), ``reference_used=False``. The colourization net is not asked to invent colours from a
+neutral reference, which would only add tints it cannot justify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pikfix import __version__
+from pikfix.checkpoint import load_checkpoint
+from pikfix.color import model_space_to_rgb, rgb_to_gray01, rgb_to_model_space
+from pikfix.errors import PikFixInputError
+from pikfix.imageio import DecodedImage, decode_image, decode_pil_image, encode_image
+from pikfix.model import PikFix
+from pikfix.tiling import tiled_apply
+from pikfix.uri import read_uri_bytes, write_uri_bytes
+
+log = logging.getLogger(__name__)
+
+# Photos may be given decoded, as encoded bytes, a path or s3:// URI, a Pillow image, or an sRGB array
+# ((H, W, 3) or (H, W); uint8, uint16, or float in [0, 1]).
+ImageInput = DecodedImage | bytes | bytearray | str | Path | Image.Image | np.ndarray
+
+DEFAULT_TILE_CPU = 768
+DEFAULT_TILE_CUDA = 2048
+LONG_SIDE_CAP = 3  # the working image's long side is at most this many times working_size
+_STRIP_PIXELS = 1 << 20  # output strips of about one megapixel
+
+
+@dataclass
+class RestoreResult:
+    """A restored photo. Arrays are float32; luminance is CIE L/100, chroma ab/110 (model space)."""
+
+    rgb: np.ndarray  # (H, W, 3) sRGB in [0, 1], full resolution
+    restored_luminance: np.ndarray  # (H, W)
+    input_luminance: np.ndarray  # (H, W)
+    ab_working: np.ndarray  # (h, w, 2) chroma at the working resolution (for metrics)
+    reference_used: bool
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, restore, colorize, compose, total
+    provenance: dict[str, Any] = field(default_factory=dict)
+    reference_confidence: float | None = None  # mean best-match correlation with the reference, in [-1, 1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the output."""
+        return (self.rgb.shape[1], self.rgb.shape[0])
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def working_shape(height: int, width: int, working_size: int) -> tuple[int, int]:
+    """(h, w) for colourization: short side ``working_size``, aspect kept, long side capped, never enlarged."""
+    scale = min(working_size / min(height, width), LONG_SIDE_CAP * working_size / max(height, width), 1.0)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _rows_per_strip(width: int) -> int:
+    return max(1, _STRIP_PIXELS // max(1, width))
+
+
+def luminance_of(rgb: np.ndarray) -> np.ndarray:
+    """CIE L/100 of an (H, W, 3) sRGB image as (H, W) float32, computed in strips."""
+    height, width = rgb.shape[:2]
+    out = np.empty((height, width), dtype=np.float32)
+    rows = _rows_per_strip(width)
+    with torch.inference_mode():
+        for y in range(0, height, rows):
+            strip = torch.from_numpy(np.ascontiguousarray(rgb[y : y + rows], dtype=np.float32))
+            out[y : y + rows] = rgb_to_gray01(strip.permute(2, 0, 1)[None])[0, 0].numpy()
+    return out
+
+
+def decoded_from_array(pixels: np.ndarray) -> DecodedImage:
+    """An sRGB array as a ``DecodedImage``: uint8, uint16, or float in [0, 1]; (H, W) or (H, W, 3)."""
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[..., 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3) or 0 in pixels.shape:
+        raise PikFixInputError("unsupported_mode", f"expected an (H, W) or (H, W, 3) array, got {pixels.shape}")
+    if pixels.dtype == np.uint8:
+        rgb, depth = pixels.astype(np.float32) / 255.0, 8
+    elif pixels.dtype == np.uint16:
+        rgb, depth = pixels.astype(np.float32) / 65535.0, 16
+    elif np.issubdtype(pixels.dtype, np.floating):
+        rgb, depth = np.clip(np.nan_to_num(pixels.astype(np.float32)), 0.0, 1.0), 16
+    else:
+        raise PikFixInputError("unsupported_mode", f"unsupported array type {pixels.dtype}")
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+        grey = True
+    else:
+        grey = bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+    height, width = rgb.shape[:2]
+    return DecodedImage(rgb=np.ascontiguousarray(rgb), was_grey=grey, bit_depth=depth, size=(width, height), format="array")
+
+
+def _upsample_rows(ab: torch.Tensor, y0: int, y1: int, height: int, width: int) -> torch.Tensor:
+    """Rows [y0, y1) of ``ab`` (1,2,h,w) bilinearly up-sampled to (height, width), without the full image.
+
+    Same sampling as ``F.interpolate(bilinear, align_corners=False)``: interpolate the needed rows
+    along y by hand, then let interpolate scale x only.
+    """
+    h = ab.shape[-2]
+    ys = (torch.arange(y0, y1, dtype=torch.float64) + 0.5) * (h / height) - 0.5
+    ys = ys.clamp(0.0, h - 1)
+    lo = ys.floor().long()
+    hi = (lo + 1).clamp(max=h - 1)
+    frac = (ys - lo).to(ab.dtype).view(1, 1, -1, 1)
+    rows = ab[:, :, lo] * (1 - frac) + ab[:, :, hi] * frac
+    return F.interpolate(rows, size=(y1 - y0, width), mode="bilinear", align_corners=False)
+
+
+class Restorer:
+    """A Pik-Fix model loaded once (per worker process) and ready to restore photos of any size."""
+
+    def __init__(
+        self,
+        model: PikFix,
+        device: str | torch.device = "auto",
+        *,
+        checkpoint_sha256: str | None = None,
+        model_name: str | None = None,
+        tile_size: int | None = None,
+        tile_overlap: int | None = None,
+        working_size: int | None = None,
+        max_pixels: int | None = None,
+        autocast: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.model.to(memory_format=torch.channels_last)
+        self.config = model.config
+        self.model_name = model_name or f"pikfix-{model.config.name}"
+        self.checkpoint_sha256 = checkpoint_sha256
+        self.working_size = int(working_size or model.config.working_size)
+        self.tile_overlap = int(tile_overlap if tile_overlap is not None else model.tile_overlap)
+        default_tile = DEFAULT_TILE_CUDA if self.device.type == "cuda" else DEFAULT_TILE_CPU
+        self.tile_size = int(tile_size or default_tile)
+        if self.tile_size < self.tile_overlap + 64:
+            raise ValueError(f"tile_size {self.tile_size} is too small for an overlap of {self.tile_overlap}")
+        self.max_pixels = max_pixels
+        self.amp_dtype: torch.dtype | None = None
+        if autocast and self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        source: str | Path | None = None,
+        device: str = "auto",
+        tile_size: int | None = None,
+        working_size: int | None = None,
+        **options: Any,
+    ) -> Restorer:
+        """Load a checkpoint (path, s3:// URI, or None for the shipped lite model); raises
+        ``pikfix.checkpoint.CheckpointError`` when it is missing or not a Pik-Fix checkpoint."""
+        loaded = load_checkpoint(source, device=resolve_device(device))
+        return cls(
+            loaded.model,
+            device,
+            checkpoint_sha256=loaded.sha256,
+            model_name=f"pikfix-{loaded.config.name}",
+            tile_size=tile_size,
+            working_size=working_size,
+            **options,
+        )
+
+    # --- public API ---------------------------------------------------------------------------------
+
+    def restore(
+        self, image: ImageInput, reference: ImageInput | None = None, reference_id: str | None = None
+    ) -> RestoreResult:
+        """Restore (and, with a colour reference, colourize) one photo at its full resolution.
+
+        Given encoded bytes or a path, the decoded full-size RGB is released as soon as its luminance
+        is taken (a caller holding a ``DecodedImage`` keeps it alive, of course).
+        """
+        start = time.perf_counter()
+        decoded = self._decode(image)
+        ref = self._decode_reference(reference) if reference is not None else None
+        timings = {"decode": time.perf_counter() - start}
+
+        with torch.inference_mode():
+            t = time.perf_counter()
+            input_l = luminance_of(decoded.rgb)
+            del decoded, image  # only the luminance is needed now: lets the full-size RGB go early
+            restored = self._restore_luminance(input_l)
+            timings["restore"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            height, width = input_l.shape
+            work_l = _resize(restored, working_shape(height, width, self.working_size))
+            confidence = None
+            if ref is None:
+                ab = torch.zeros((1, 2, *work_l.shape[-2:]), dtype=torch.float32)
+            else:
+                ab, confidence = self._colorize(work_l, ref)
+            reference_used = ref is not None
+            del ref, reference
+            timings["colorize"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            rgb = self._compose(restored, ab)
+            timings["compose"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - start
+
+        return RestoreResult(
+            rgb=rgb,
+            restored_luminance=restored[0, 0].numpy(),
+            input_luminance=input_l,
+            ab_working=np.ascontiguousarray(ab[0].permute(1, 2, 0).numpy()),
+            reference_used=reference_used,
+            timings=timings,
+            provenance=self.provenance(reference_id, reference_used),
+            reference_confidence=confidence,
+        )
+
+    def restore_file(
+        self,
+        path: str | Path,
+        reference_path: str | Path | None = None,
+        *,
+        out_path: str | Path,
+        fmt: str = "png",
+        reference_id: str | None = None,
+    ) -> RestoreResult:
+        """Decode ``path`` (or an s3:// URI), restore, and write ``out_path`` in ``fmt`` with the
+        original's EXIF/XMP/DPI and the provenance record."""
+        decoded = self._decode(read_uri_bytes(path))
+        exif, xmp, dpi = decoded.exif, decoded.xmp, decoded.dpi
+        reference = read_uri_bytes(reference_path) if reference_path is not None else None
+        if reference is not None and reference_id is None:
+            reference_id = Path(str(reference_path)).name
+        pending = [decoded]
+        del decoded  # handed over without a second reference, so restore() can free the pixels early
+        result = self.restore(pending.pop(), reference, reference_id=reference_id)
+        data = encode_image(result.rgb, fmt, exif=exif, xmp=xmp, dpi=dpi, provenance=result.provenance)
+        write_uri_bytes(out_path, data)
+        return result
+
+    def provenance(self, reference_id: str | None, reference_used: bool) -> dict[str, Any]:
+        """What was done, for the output's XMP and the job record."""
+        return {
+            "software": f"pikfix {__version__}",
+            "model": self.model_name,
+            "checkpoint_sha256": self.checkpoint_sha256 or "unknown",
+            "reference_id": reference_id if reference_used else None,
+            "reference_used": reference_used,
+            "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "parameters": {
+                "working_size": self.working_size,
+                "tile_size": self.tile_size,
+                "tile_overlap": self.tile_overlap,
+                "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "float32",
+            },
+        }
+
+    # --- steps ----------------------------------------------------------------------------------------
+
+    def _decode(self, image: ImageInput) -> DecodedImage:
+        if isinstance(image, DecodedImage):
+            return image
+        if isinstance(image, Image.Image):
+            return decode_pil_image(image, self.max_pixels)
+        if isinstance(image, np.ndarray):
+            return decoded_from_array(image)
+        if isinstance(image, str) and image.startswith("s3://"):
+            image = read_uri_bytes(image)
+        return decode_image(image, self.max_pixels)
+
+    def _decode_reference(self, reference: ImageInput) -> DecodedImage:
+        try:
+            decoded = self._decode(reference)
+        except PikFixInputError as exc:
+            raise PikFixInputError("bad_reference", f"the reference photo cannot be used: {exc.message}") from exc
+        except FileNotFoundError as exc:
+            raise PikFixInputError("bad_reference", f"the reference photo does not exist: {exc}") from exc
+        if decoded.was_grey:
+            raise PikFixInputError("bad_reference", "the reference photo is greyscale: it has no colour to transfer")
+        return decoded
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _restore_luminance(self, luminance: np.ndarray) -> torch.Tensor:
+        """Full-resolution restoration, tile by tile; returns a (1,1,H,W) float32 CPU tensor."""
+        image = torch.from_numpy(luminance)[None, None]
+
+        def run(tile: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                return self.model.restore(tile).float().clamp_(0.0, 1.0)
+
+        while True:
+            try:
+                return tiled_apply(
+                    run,
+                    image,
+                    tile_size=self.tile_size,
+                    overlap=self.tile_overlap,
+                    align=8,
+                    device=self.device,
+                    prepare=lambda t: t.contiguous(memory_format=torch.channels_last),
+                )
+            except torch.cuda.OutOfMemoryError:
+                # Another process may share the GPU: halve the tile (and keep it halved) rather than fail.
+                smaller = max(self.tile_overlap + 64, self.tile_size // 16 * 8)
+                if smaller >= self.tile_size:
+                    raise
+                log.warning("out of GPU memory with %d px tiles; retrying with %d px", self.tile_size, smaller)
+                torch.cuda.empty_cache()
+                self.tile_size = smaller
+
+    def _colorize(self, work_l: torch.Tensor, reference: DecodedImage) -> tuple[torch.Tensor, float]:
+        """Chroma (1,2,h,w) for the working-size luminance from a colour reference."""
+        rh, rw = reference.rgb.shape[:2]
+        ref_rgb = torch.from_numpy(reference.rgb).permute(2, 0, 1)[None]
+        ref_rgb = _resize(ref_rgb, working_shape(rh, rw, self.working_size)).clamp_(0.0, 1.0)
+        ref_l, ref_ab = rgb_to_model_space(ref_rgb.contiguous())
+        to_device = {"device": self.device, "memory_format": torch.channels_last}
+        with self._autocast():
+            out = self.model.colorize(work_l.to(**to_device), ref_l.to(**to_device), ref_ab.to(**to_device))
+        ab = out.ab.float().clamp(-1.0, 1.0).cpu().contiguous()
+        confidence = float(out.confidence[0].float().mean()) if out.confidence else math.nan
+        return ab, confidence
+
+    def _compose(self, restored: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
+        """Lab(restored L, up-sampled ab) -> sRGB (H,W,3) float32, one horizontal strip at a time."""
+        height, width = restored.shape[-2:]
+        rgb = np.empty((height, width, 3), dtype=np.float32)
+        rows = _rows_per_strip(width)
+        neutral = not bool(ab.abs().amax() > 0)
+        for y in range(0, height, rows):
+            lum = restored[:, :, y : y + rows]
+            if neutral:
+                chroma = torch.zeros((1, 2, *lum.shape[-2:]), dtype=torch.float32)
+            else:
+                chroma = _upsample_rows(ab, y, min(height, y + rows), height, width)
+            rgb[y : y + rows] = model_space_to_rgb(lum, chroma)[0].permute(1, 2, 0).numpy()
+        return rgb

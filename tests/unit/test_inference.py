@@ -1,0 +1,174 @@
+"""The Restorer end to end on small images with a freshly built (random-init) lite checkpoint."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pikfix.checkpoint import save_checkpoint
+from pikfix.color import rgb_to_gray01
+from pikfix.config import PikFixConfig
+from pikfix.errors import PikFixInputError
+from pikfix.imageio import decode_image, read_provenance
+from pikfix.inference import Restorer, _upsample_rows, luminance_of, working_shape
+from pikfix.model import PikFix
+
+WORKING = 64  # small working size keeps the colourization net fast on a CPU
+
+
+def png_bytes(pixels: np.ndarray, **options) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", **options)
+    return buf.getvalue()
+
+
+def grey_photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = 120 + 60 * np.sin(xx / 7.0) * np.cos(yy / 5.0) + rng.normal(0, 8, (height, width))
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def colour_reference(size: int = 96) -> np.ndarray:
+    ref = np.zeros((size, size, 3), np.uint8)
+    ref[:, : size // 2] = (200, 60, 40)
+    ref[:, size // 2 :] = (40, 90, 210)
+    ref[size // 2 :, :, 1] = 170
+    return ref
+
+
+def output_luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb_to_gray01(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0, 0].numpy()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "lite.pt"
+    sha = save_checkpoint(path, PikFix(PikFixConfig.lite()), metadata={"notes": "random init for tests"})
+    return path, sha
+
+
+@pytest.fixture(scope="module")
+def restorer(checkpoint):
+    path, _ = checkpoint
+    return Restorer.from_checkpoint(path, device="cpu", working_size=WORKING)
+
+
+def test_from_checkpoint_records_identity(restorer, checkpoint):
+    _, sha = checkpoint
+    assert restorer.model_name == "pikfix-lite"
+    assert restorer.checkpoint_sha256 == sha
+    assert restorer.device == torch.device("cpu")
+    assert restorer.amp_dtype is None  # autocast only on CUDA
+    assert not restorer.model.training
+    assert restorer.tile_overlap == restorer.model.tile_overlap and restorer.tile_overlap % 8 == 0
+
+
+def test_grey_result_without_reference_keeps_odd_size(restorer):
+    pixels = grey_photo(37, 53)
+    result = restorer.restore(png_bytes(pixels))
+    assert result.rgb.shape == (37, 53, 3) and result.rgb.dtype == np.float32
+    assert result.size == (53, 37)
+    assert result.restored_luminance.shape == (37, 53) and result.input_luminance.shape == (37, 53)
+    assert not result.reference_used and result.reference_confidence is None
+    assert float(np.abs(result.ab_working).max()) == 0.0
+    spread = result.rgb.max(axis=2) - result.rgb.min(axis=2)
+    assert float(spread.max()) < 1e-4  # grey: R = G = B
+    # The output's luminance is the restored luminance; the input luminance is the photo's own.
+    np.testing.assert_allclose(output_luminance(result.rgb), result.restored_luminance, atol=1e-3)
+    expected_input = output_luminance(np.repeat(pixels[..., None], 3, 2).astype(np.float32) / 255)
+    np.testing.assert_allclose(result.input_luminance, expected_input, atol=1e-5)
+    assert set(result.timings) >= {"decode", "restore", "colorize", "total"}
+    assert result.timings["total"] >= result.timings["restore"] > 0
+    assert result.provenance["reference_used"] is False and result.provenance["reference_id"] is None
+
+
+def test_reference_colours_the_full_resolution_output(restorer):
+    pixels = grey_photo(45, 70, seed=1)
+    result = restorer.restore(pixels_to_pil(pixels), colour_reference(), reference_id="album-7/ref-3")
+    assert result.reference_used and result.rgb.shape == (45, 70, 3)
+    assert result.ab_working.shape == (*working_shape(45, 70, WORKING), 2)
+    assert float(np.abs(result.ab_working).max()) > 1e-3  # chroma predicted, not all zero
+    spread = result.rgb.max(axis=2) - result.rgb.min(axis=2)
+    assert float(spread.max()) > 0.01  # coloured
+    assert result.reference_confidence is not None and -1.0 <= result.reference_confidence <= 1.0
+    # Chroma changes the colour, not the brightness (apart from pixels clipped at the sRGB gamut).
+    diff = np.abs(output_luminance(result.rgb) - result.restored_luminance)
+    assert float(np.median(diff)) < 1e-3
+    assert result.provenance["reference_id"] == "album-7/ref-3"
+    assert result.provenance["checkpoint_sha256"] == restorer.checkpoint_sha256
+
+
+def pixels_to_pil(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels, "L")
+
+
+def test_multi_tile_restoration_equals_whole_image(checkpoint):
+    path, _ = checkpoint
+    tiled = Restorer.from_checkpoint(path, device="cpu", tile_size=208, working_size=WORKING)
+    pixels = grey_photo(56, 250, seed=2)  # wider than one tile: two tiles along x
+    result = tiled.restore(png_bytes(pixels))
+    with torch.inference_mode():
+        whole = tiled.model.restore(torch.from_numpy(result.input_luminance)[None, None])[0, 0].numpy()
+    assert float(np.abs(result.restored_luminance - whole).max()) < 1e-3
+
+
+def test_restore_file_writes_metadata_and_provenance(restorer, tmp_path):
+    exif = Image.Exif()
+    exif[271] = "Agfa"
+    exif[0x8769] = {0x9003: "1961:05:02 12:00:00"}
+    source = tmp_path / "scan.png"
+    source.write_bytes(png_bytes(grey_photo(40, 48, seed=3), exif=exif, dpi=(600, 600)))
+    reference = tmp_path / "garden.png"
+    reference.write_bytes(png_bytes(colour_reference(64)))
+    out = tmp_path / "out" / "scan.tif"
+    result = restorer.restore_file(source, reference, out_path=out, fmt="tiff16")
+    image = Image.open(out)
+    assert image.size == (48, 40) and image.tag_v2[258] == (16, 16, 16)
+    assert image.getexif()[271] == "Agfa"
+    assert image.getexif().get_ifd(0x8769)[0x9003] == "1961:05:02 12:00:00"
+    provenance = read_provenance(image.tag_v2[700])
+    assert provenance["model"] == "pikfix-lite" and provenance["reference_id"] == "garden.png"
+    assert provenance["checkpoint_sha256"] == restorer.checkpoint_sha256
+    decoded = decode_image(out)
+    assert decoded.dpi == pytest.approx((600, 600))
+    np.testing.assert_allclose(decoded.rgb, result.rgb, atol=1e-4)
+
+
+def test_bad_reference_and_bad_input_have_codes(restorer):
+    photo = png_bytes(grey_photo(20, 20))
+    with pytest.raises(PikFixInputError) as info:
+        restorer.restore(photo, png_bytes(grey_photo(30, 30)))
+    assert info.value.code == "bad_reference"  # grey: no colour to transfer
+    with pytest.raises(PikFixInputError) as info:
+        restorer.restore(photo, b"<html>not a photo</html>")
+    assert info.value.code == "bad_reference"
+    with pytest.raises(PikFixInputError) as info:
+        restorer.restore(b"")
+    assert info.value.code == "empty_file"
+
+
+def test_working_shape_keeps_aspect_caps_and_never_enlarges():
+    assert working_shape(3000, 4000, 256) == (256, 341)
+    assert working_shape(4000, 3000, 256) == (341, 256)
+    assert working_shape(100, 150, 256) == (100, 150)
+    h, w = working_shape(1000, 20000, 256)
+    assert w == 768 and h < 256  # panorama: long side capped at 3x working size
+
+
+def test_strip_upsampling_matches_whole_image_bilinear():
+    ab = torch.rand(1, 2, 17, 23) * 2 - 1
+    whole = F.interpolate(ab, size=(101, 130), mode="bilinear", align_corners=False)
+    strips = torch.cat([_upsample_rows(ab, y, min(101, y + 13), 101, 130) for y in range(0, 101, 13)], dim=2)
+    torch.testing.assert_close(strips, whole, atol=1e-5, rtol=0)
+
+
+def test_luminance_of_matches_the_colour_module():
+    rgb = np.random.default_rng(5).random((9, 11, 3)).astype(np.float32)
+    np.testing.assert_allclose(luminance_of(rgb), output_luminance(rgb), atol=1e-6)
