@@ -1,0 +1,301 @@
+"""Evaluate a checkpoint against two baselines on synthetic old photos (``pikfix eval``).
+
+For each colour photo: degrade it with a fixed per-photo seed (``pikfix.degrade``), retrieve the top-1
+reference from a separate reference folder (``pikfix.retrieval``; a file identical to the photo is
+never used as its own reference), then score against the clean photo, PSNR and SSIM on RGB:
+
+* ``model``: Pik-Fix restoring and colourizing the degraded photo with that reference;
+* ``grey``: the degraded photo itself, no colour, no restoration;
+* ``reinhard``: the degraded photo coloured by Reinhard transfer from the same reference
+  (``pikfix.colortransfer.reinhard_colorize``: its luminance kept, chroma from the reference).
+
+Also the luminance PSNR of the degraded input and of the model's restored luminance against the
+clean photo's (CIE L/100): the restoration gain in dB. Nothing here depends on the results; settings
+are fixed before anything is measured.
+
+``--ship-to PATH`` turns the evaluated checkpoint into the shipped one: it writes an fp16 copy,
+evaluates that copy on the same photos, refuses if it lost more than ``--ship-tolerance`` dB of mean
+PSNR, and otherwise writes it to PATH with its report beside it (``PATH`` with ``.eval.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pikfix.colortransfer import reinhard_colorize
+from pikfix.datasets import DatasetError, list_photos, load_photo, split_photos
+from pikfix.degrade import degrade
+from pikfix.inference import Restorer, luminance_of
+from pikfix.metrics import psnr, ssim
+from pikfix.retrieval import DescriptorExtractor
+
+log = logging.getLogger(__name__)
+
+METHODS = ("model", "grey", "reinhard")
+SPLITS = ("all", "train", "val")
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation cannot run (no photos, no references) or a shipped copy lost quality."""
+
+
+@dataclass
+class EvalConfig:
+    photos: str
+    references: str
+    checkpoint: str | None = None
+    out: str | None = None
+    seed: int = 0
+    severity: float = 1.0
+    split: str = "all"
+    references_split: str = "all"
+    val_fraction: float = 0.15
+    max_side: int | None = None
+    device: str = "auto"
+    vgg_weights: str | None = None
+    threads: int | None = None
+
+
+def _select(folder: str, split: str, val_fraction: float) -> list[Path]:
+    if split not in SPLITS:
+        raise EvaluationError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if split == "all":
+        return list_photos(folder)
+    train, val = split_photos(folder, val_fraction)
+    return train if split == "train" else val
+
+
+def photo_seed(seed: int, name: str) -> int:
+    """The degradation seed of a photo: fixed by the run seed and the file name alone."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**31 - 1)
+
+
+def _fit(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Shrink (antialiased) so the long side is at most ``max_side``; never enlarge."""
+    if not max_side or max(rgb.shape[:2]) <= max_side:
+        return rgb
+    scale = max_side / max(rgb.shape[:2])
+    size = [max(1, round(rgb.shape[0] * scale)), max(1, round(rgb.shape[1] * scale))]
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return np.ascontiguousarray(t[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy())
+
+
+def _scores(output: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    return {"psnr": psnr(output, truth), "ssim": ssim(output, truth)}
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
+
+class _References:
+    """The reference photos, their descriptors, and top-1 retrieval that never returns the query photo."""
+
+    def __init__(self, paths: list[Path], extractor: DescriptorExtractor, max_side: int | None) -> None:
+        if not paths:
+            raise EvaluationError("no reference photos")
+        self.paths = paths
+        self.digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+        self.images = {p.name: _fit(load_photo(p), max_side) for p in paths}
+        self.extractor = extractor
+        self.index = extractor.new_index()
+        self.index.add([p.name for p in paths], extractor.describe_batch([self.images[p.name] for p in paths]))
+
+    def best(self, query: np.ndarray, exclude_digest: str) -> tuple[str, float]:
+        excluded = {p.name for p, d in zip(self.paths, self.digests, strict=True) if d == exclude_digest}
+        candidates = self.index.query(self.extractor.describe(query), k=len(excluded) + 1)
+        for candidate in candidates:
+            if candidate.id not in excluded:
+                return candidate.id, float(candidate.total)
+        raise EvaluationError("every reference photo is a copy of the photo being evaluated")
+
+
+def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, Any]:
+    """Score the model and both baselines on every selected photo; returns the JSON-able report."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        photos = _select(config.photos, config.split, config.val_fraction)
+        reference_paths = _select(config.references, config.references_split, config.val_fraction)
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from exc
+    if not photos:
+        raise EvaluationError(f"no photos to evaluate in {config.photos} (split {config.split})")
+    if restorer is None:
+        restorer = Restorer.from_checkpoint(config.checkpoint, device=config.device)
+    extractor = DescriptorExtractor(weights=config.vgg_weights)
+    references = _References(reference_paths, extractor, config.max_side)
+
+    rows: list[dict[str, Any]] = []
+    for path in photos:
+        t0 = time.perf_counter()
+        truth = _fit(load_photo(path), config.max_side)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        degraded = degrade(truth, seed=photo_seed(config.seed, path.name), severity=config.severity).gray
+        grey_rgb = np.repeat(degraded[..., None], 3, axis=2)
+        ref_name, ref_score = references.best(degraded, digest)
+        reference = references.images[ref_name]
+
+        result = restorer.restore(grey_rgb, reference, reference_id=ref_name)
+        input_l = luminance_of(grey_rgb)
+        truth_l = luminance_of(truth)
+        row = {
+            "name": path.name,
+            "size": [int(truth.shape[1]), int(truth.shape[0])],
+            "degradation_seed": photo_seed(config.seed, path.name),
+            "reference": ref_name,
+            "reference_score": ref_score,
+            "model": _scores(result.rgb, truth),
+            "grey": _scores(grey_rgb, truth),
+            "reinhard": _scores(reinhard_colorize(input_l, reference), truth),
+        }
+        input_psnr = psnr(input_l, truth_l)
+        restored_psnr = psnr(result.restored_luminance, truth_l)
+        row["luminance"] = {"input_psnr": input_psnr, "restored_psnr": restored_psnr,
+                            "gain_db": restored_psnr - input_psnr}
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        log.info("%s: model %.2f dB, grey %.2f dB, reinhard %.2f dB, L gain %+.2f dB (reference %s)",
+                 path.name, row["model"]["psnr"], row["grey"]["psnr"], row["reinhard"]["psnr"],
+                 row["luminance"]["gain_db"], ref_name)
+
+    mean = {m: _mean([r[m] for r in rows]) for m in (*METHODS, "luminance")}
+    settings = asdict(config)
+    settings.update(photos=Path(config.photos).name, references=Path(config.references).name, out=None,
+                    checkpoint=Path(config.checkpoint).name if config.checkpoint else "default")
+    return {
+        "checkpoint": {"model": restorer.model_name, "sha256": restorer.checkpoint_sha256},
+        "settings": settings,
+        "retrieval_backbone": "imagenet" if config.vgg_weights else "random-init",
+        "count": len(rows),
+        "images": rows,
+        "mean": mean,
+        "goal": {
+            "beats_grey": mean["model"]["psnr"] > mean["grey"]["psnr"] and mean["model"]["ssim"] > mean["grey"]["ssim"],
+            "beats_reinhard": mean["model"]["psnr"] > mean["reinhard"]["psnr"]
+            and mean["model"]["ssim"] > mean["reinhard"]["ssim"],
+            "luminance_gain_at_least_3db": mean["luminance"]["gain_db"] >= 3.0,
+        },
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A plain-text table of the per-image and mean scores."""
+    lines = [f"{'photo':32s} {'model':>14s} {'grey':>14s} {'reinhard':>14s} {'L in -> out':>16s}"]
+
+    def cell(scores: dict[str, float]) -> str:
+        return f"{scores['psnr']:6.2f}/{scores['ssim']:.3f}"
+
+    for row in [*report["images"], {"name": "MEAN", **report["mean"]}]:
+        lum = row["luminance"]
+        lines.append(
+            f"{row['name'][:32]:32s} {cell(row['model']):>14s} {cell(row['grey']):>14s} "
+            f"{cell(row['reinhard']):>14s} {lum['input_psnr']:6.2f}->{lum['restored_psnr']:6.2f}"
+        )
+    lines.append("(PSNR dB / SSIM on RGB; luminance PSNR of the degraded input and the restored luminance)")
+    lines.append("goal: " + ", ".join(f"{k}={v}" for k, v in report["goal"].items()))
+    return "\n".join(lines)
+
+
+def _write_json(path: str | Path, data: dict[str, Any]) -> None:
+    """Indented JSON; an infinite PSNR (identical images) is written as JSON's common ``Infinity``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def ship(config: EvalConfig, target: str | Path, report: dict[str, Any], tolerance_db: float = 0.1) -> dict[str, Any]:
+    """Write an fp16 copy of ``config.checkpoint`` to ``target`` if it keeps the evaluated quality."""
+    loaded = load_checkpoint(config.checkpoint)
+    metadata = dict(loaded.metadata)
+    metadata["shipped_from_sha256"] = loaded.sha256
+    with tempfile.TemporaryDirectory() as tmp:
+        half_path = Path(tmp) / "half.pt"
+        save_checkpoint(half_path, loaded.model, metadata, half=True)
+        half_config = EvalConfig(**{**asdict(config), "checkpoint": str(half_path)})
+        half_report = evaluate(half_config)
+        loss = report["mean"]["model"]["psnr"] - half_report["mean"]["model"]["psnr"]
+        half_report["fp16_check"] = {
+            "fp32_sha256": loaded.sha256,
+            "fp32_mean": report["mean"],
+            "psnr_loss_db": loss,
+            "tolerance_db": tolerance_db,
+        }
+        half_report["settings"]["checkpoint"] = Path(target).name
+        if loss > tolerance_db:
+            raise EvaluationError(f"the fp16 copy loses {loss:.3f} dB of mean PSNR (> {tolerance_db} dB): not shipped")
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_bytes(half_path.read_bytes())
+    _write_json(Path(target).with_suffix(".eval.json"), half_report)
+    log.info("shipped %s (fp16, %.3f dB below fp32) with %s", target, loss, Path(target).with_suffix(".eval.json"))
+    return half_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = EvalConfig(photos="", references="")
+    parser.add_argument("--photos", required=True, help="folder of clean colour photos (the ground truth)")
+    parser.add_argument("--references", required=True, help="folder of colour reference photos to retrieve from")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint path or s3:// URI (default: shipped lite)")
+    parser.add_argument("--out", default=None, help="write the JSON report here")
+    parser.add_argument("--seed", type=int, default=d.seed, help="degradation seed")
+    parser.add_argument("--severity", type=float, default=d.severity, help="degradation severity")
+    parser.add_argument("--split", choices=SPLITS, default=d.split, help="which photos of --photos to use")
+    parser.add_argument("--references-split", choices=SPLITS, default=d.references_split,
+                        help="which photos of --references to use (e.g. train when both are the same folder)")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="as in pikfix train")
+    parser.add_argument("--max-side", type=int, default=None, help="shrink photos to this long side first")
+    parser.add_argument("--device", default=d.device)
+    parser.add_argument("--vgg-weights", default=None, help="torchvision vgg19 state_dict for retrieval")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ship-to", default=None,
+                        help="write an fp16 copy of --checkpoint here if it keeps quality (plus .eval.json)")
+    parser.add_argument("--ship-tolerance", type=float, default=0.1, help="max mean PSNR loss of the fp16 copy, dB")
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    config = EvalConfig(
+        photos=args.photos,
+        references=args.references,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        seed=args.seed,
+        severity=args.severity,
+        split=args.split,
+        references_split=args.references_split,
+        val_fraction=args.val_fraction,
+        max_side=args.max_side,
+        device=args.device,
+        vgg_weights=args.vgg_weights,
+        threads=args.threads,
+    )
+    if args.ship_to and not args.checkpoint:
+        log.error("--ship-to needs --checkpoint (the trained fp32 checkpoint to ship)")
+        return 2
+    try:
+        report = evaluate(config)
+        print(format_report(report))
+        if config.out:
+            _write_json(config.out, report)
+        if args.ship_to:
+            half = ship(config, args.ship_to, report, args.ship_tolerance)
+            print(f"fp16 copy: mean PSNR {half['mean']['model']['psnr']:.3f} dB "
+                  f"({half['fp16_check']['psnr_loss_db']:+.3f} dB lost); written to {args.ship_to}")
+    except (EvaluationError, CheckpointError) as exc:
+        log.error("%s", exc)
+        return 2
+    return 0

@@ -1,0 +1,133 @@
+"""Reinhard colour transfer and ``pikfix eval``: statistics matched, JSON report, fp16 shipping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pikfix.checkpoint import load_checkpoint, save_checkpoint
+from pikfix.cli import main
+from pikfix.color import rgb_to_lab_np
+from pikfix.colortransfer import lab_statistics, reinhard_colorize, reinhard_transfer, transfer_lab
+from pikfix.config import PikFixConfig
+from pikfix.evaluate import METHODS, photo_seed
+from pikfix.model import PikFix
+
+TINY = PikFixConfig(
+    name="tiny",
+    rdn_width=8,
+    rdn_growth=4,
+    sim_backbone_widths=(8, 8, 16, 16),
+    sim_width=8,
+    corr_max_positions=64,
+    hist_bins=8,
+    hist_sigma=0.25,
+    col_growth=4,
+    col_init_features=8,
+    working_size=64,
+)
+
+
+def scene(seed: int, tint: tuple[float, float, float], size: tuple[int, int] = (72, 96)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 0.5 + 0.3 * np.sin(x / (7.0 + seed)) * np.cos(y / 11.0)
+    img = base[..., None] * np.asarray(tint, np.float32) + rng.normal(0, 0.03, (h, w, 3)).astype(np.float32)
+    return np.clip(img, 0, 1)
+
+
+def save(path: Path, rgb: np.ndarray) -> Path:
+    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_reinhard_matching_gives_the_reference_channel_means_and_stds() -> None:
+    source = rgb_to_lab_np(scene(1, (0.9, 0.6, 0.3)))
+    reference = rgb_to_lab_np(scene(2, (0.3, 0.6, 0.9), size=(60, 80)))
+    out = transfer_lab(source, reference)
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), reference.reshape(-1, 3).mean(0), atol=1e-3)
+    np.testing.assert_allclose(out.reshape(-1, 3).std(0), reference.reshape(-1, 3).std(0), rtol=1e-4)
+    # and it really moved: the source's statistics were far from the reference's
+    assert np.abs(source.reshape(-1, 3).mean(0)[1:] - reference.reshape(-1, 3).mean(0)[1:]).max() > 10
+
+
+def test_reinhard_transfer_on_rgb_matches_within_the_gamut() -> None:
+    source = scene(1, (0.7, 0.55, 0.45))  # moderate colours: the result stays in the sRGB gamut
+    reference = scene(2, (0.45, 0.55, 0.65), size=(60, 80))
+    out = reinhard_transfer(source, reference)
+    assert out.shape == source.shape and out.dtype == np.float32
+    mean_out, std_out = lab_statistics(out)
+    mean_ref, std_ref = lab_statistics(reference)
+    np.testing.assert_allclose(mean_out, mean_ref, atol=0.5)  # Lab units (L in 0..100)
+    np.testing.assert_allclose(std_out, std_ref, rtol=0.05, atol=0.3)
+
+
+def test_reinhard_colorize_keeps_the_luminance_and_takes_the_mean_chroma() -> None:
+    lum = np.linspace(0.2, 0.8, 48 * 64, dtype=np.float32).reshape(48, 64)
+    reference = scene(3, (0.9, 0.5, 0.2))
+    out = reinhard_colorize(lum, reference)
+    lab = rgb_to_lab_np(out)
+    np.testing.assert_allclose(lab[..., 0] / 100.0, lum, atol=2e-3)
+    mean_ref, _ = lab_statistics(reference)
+    assert np.abs(lab[..., 1].mean() - mean_ref[1]) < 1.0 and np.abs(lab[..., 2].mean() - mean_ref[2]) < 1.0
+    assert lab[..., 1:].std(axis=(0, 1)).max() < 1.0  # a grey input gets one tint, as Reinhard can only do
+    with pytest.raises(ValueError):
+        reinhard_colorize(np.zeros((4, 4, 3), np.float32), reference)
+
+
+def test_photo_seed_depends_only_on_seed_and_name() -> None:
+    assert photo_seed(0, "a.jpg") == photo_seed(0, "a.jpg")
+    assert photo_seed(0, "a.jpg") != photo_seed(1, "a.jpg") != photo_seed(0, "b.jpg")
+
+
+def test_eval_writes_a_report_with_all_methods_and_ships_an_fp16_copy(tmp_path: Path) -> None:
+    photos, refs = tmp_path / "photos", tmp_path / "refs"
+    photos.mkdir()
+    refs.mkdir()
+    first = save(photos / "one.png", scene(10, (0.8, 0.5, 0.3)))
+    save(photos / "two.png", scene(11, (0.3, 0.7, 0.4)))
+    (refs / "copy_of_one.png").write_bytes(first.read_bytes())  # must never be its own reference
+    save(refs / "warm.png", scene(12, (0.9, 0.4, 0.2)))
+    save(refs / "green.png", scene(13, (0.2, 0.8, 0.3)))
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(checkpoint, PikFix(TINY).eval(), {"training_steps": 0})
+    report_path, shipped = tmp_path / "report.json", tmp_path / "weights" / "shipped.pt"
+
+    code = main([
+        "eval", "--photos", str(photos), "--references", str(refs), "--checkpoint", str(checkpoint),
+        "--out", str(report_path), "--seed", "0", "--threads", "1", "--ship-to", str(shipped),
+        "--ship-tolerance", "0.5",
+    ])
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert report["count"] == 2 and [r["name"] for r in report["images"]] == ["one.png", "two.png"]
+    for row in report["images"]:
+        for method in METHODS:
+            assert 0 < row[method]["psnr"] < 100 and -1 <= row[method]["ssim"] <= 1
+        lum = row["luminance"]
+        assert lum["gain_db"] == pytest.approx(lum["restored_psnr"] - lum["input_psnr"])
+        assert row["reference"] in {"warm.png", "green.png"}  # the identical file was excluded
+    for method in (*METHODS, "luminance"):
+        assert set(report["mean"][method]) == set(report["images"][0][method])
+        key = "psnr" if method != "luminance" else "gain_db"
+        assert report["mean"][method][key] == pytest.approx(np.mean([r[method][key] for r in report["images"]]))
+    assert set(report["goal"]) == {"beats_grey", "beats_reinhard", "luminance_gain_at_least_3db"}
+    assert report["checkpoint"]["sha256"] == load_checkpoint(checkpoint).sha256
+
+    # shipped copy: fp16 tensors, its own report beside it, quality within the tolerance
+    payload = torch.load(shipped, weights_only=True)
+    floats = [v for v in payload["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    half_report = json.loads(shipped.with_suffix(".eval.json").read_text())
+    assert half_report["fp16_check"]["fp32_sha256"] == report["checkpoint"]["sha256"]
+    assert abs(half_report["fp16_check"]["psnr_loss_db"]) <= 0.5
+    # the same degraded inputs and references were used for both evaluations
+    assert [r["reference"] for r in half_report["images"]] == [r["reference"] for r in report["images"]]
+    assert half_report["images"][0]["grey"] == report["images"][0]["grey"]
