@@ -579,6 +579,9 @@ def jobs_to_send(s: Session, tenant_backlog_limit: int) -> list[Job]:
                     .where(Job.tenant_id == tenant_id, Job.status == JOB_QUEUED, Job.sent_at.is_(None))
                     .order_by(Job.created_at, Job.id)
                     .limit(room)
+                    # Two dispatchers at once (API requests, workers, beat) must not both send the same
+                    # jobs: PostgreSQL skips rows another dispatch holds; SQLite serialises writers anyway.
+                    .with_for_update(skip_locked=True)
                 )
             )
         )

@@ -2,6 +2,10 @@
 
 Loaded once per worker process (in ``worker_process_init``, never in the prefork parent, so CUDA is only
 ever initialised in the child that uses it) and reused for every job that process runs.
+
+``PIKFIX_CHECKPOINT=null`` builds ``pikfix.null_model.NullRestorer`` instead of loading a checkpoint:
+a model that does no work, for benchmarking the service's own overhead and for smoke tests of a
+deployment. Jobs it runs record ``model_name="null"`` and an all-zero checkpoint hash.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ class WorkerRuntime:
 
     @cached_property
     def restorer(self):
+        from pikfix.null_model import NullRestorer, is_null_checkpoint
+
+        if is_null_checkpoint(self.settings.checkpoint):
+            log.warning("PIKFIX_CHECKPOINT=null: the null model returns photos unrestored (benchmarks, smoke tests)")
+            return NullRestorer(working_size=self.settings.working_size, max_pixels=self.settings.max_image_pixels)
+
         from pikfix.inference import Restorer
 
         with self._lock:
