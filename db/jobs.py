@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -47,6 +47,7 @@ from db.models import (
 )
 
 MAX_ERROR_MESSAGE = 4000
+METERING_LOCK_KEY = 0x70696B66  # advisory lock key that serialises jobs_to_send on PostgreSQL
 _IN_CHUNK = 500  # ids per IN (...) list: far below SQLite's bound-parameter limit
 
 # Reasons a claim can be refused (ClaimResult.reason).
@@ -556,6 +557,10 @@ def jobs_to_send(s: Session, tenant_backlog_limit: int) -> list[Job]:
     not queued behind a large tenant's slice. The caller sends the tasks after commit, then calls
     :func:`mark_sent`.
     """
+    if s.get_bind().dialect.name == "postgresql":
+        # Dispatchers run at once (API requests, finishing workers, beat): serialise the metering so
+        # each sees the others' in-flight counts; held until the caller's transaction commits.
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": METERING_LOCK_KEY})
     in_flight = dict(
         s.execute(
             select(Job.tenant_id, func.count())

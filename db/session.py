@@ -113,8 +113,19 @@ def _create_engine(url: str) -> Engine:
         return engine
     # PostgreSQL (and anything else): detect connections the server or a proxy dropped; keep the
     # pool modest because every worker process and API process has its own.
+    # Bounded waits: a database that accepts connections but never answers must fail requests and
+    # tasks within seconds (workers retry with backoff; /readyz reports it), not hang them.
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": 5, "options": "-c statement_timeout=30000"}
     return create_engine(
-        parsed, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800, pool_timeout=30
+        parsed,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        pool_recycle=1800,
+        pool_timeout=30,
+        connect_args=connect_args,
     )
 
 

@@ -16,6 +16,7 @@ ERROR_CODES: dict[str, str] = {
     "too_many_pixels": "the image is larger than the configured pixel limit (decompression-bomb guard)",
     "corrupt_image": "the image header or data is damaged",
     "bad_reference": "the colour reference photo could not be used",
+    "image_too_small": "the image is too small to restore (under 8 pixels on a side)",
 }
 
 

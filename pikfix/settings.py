@@ -23,10 +23,15 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(None, description="s3://bucket[/prefix] or file:///path; default data_dir")
     s3_endpoint_url: str | None = Field(None, description="MinIO or any S3-compatible endpoint")
     s3_region: str | None = None
+    s3_connect_timeout_s: float = 5.0
+    s3_read_timeout_s: float = 60.0
+    s3_max_attempts: int = 3
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
 
-    checkpoint: str | None = Field(None, description="Model checkpoint path or s3:// URI; default = shipped lite")
+    checkpoint: str | None = Field(
+        None, description="Model checkpoint path or s3:// URI; default = shipped lite; 'null' = no model (benchmarks)"
+    )
     backbone_weights: str | None = Field(None, description="ImageNet ResNet34 state_dict for the similarity net")
     retrieval_weights: str | None = Field(None, description="ImageNet VGG19 state_dict for reference retrieval")
     preload_model: bool = Field(True, description="Workers load the model at process start, not on first job")

@@ -8,6 +8,7 @@ import os
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from db import repository as repo
 from db.session import session_scope
@@ -48,7 +49,10 @@ def restore_job(self, job_id: str) -> str:
         _fail_active(runtime, job_id, "time_limit", f"exceeded the {runtime.settings.job_soft_time_limit_s} s time limit")
         return "failed"
     except TransientError as exc:
-        if self.request.retries >= MAX_TRANSIENT_RETRIES or self.request.is_eager:
+        # Each retry's claim counts an attempt: stop retrying before the dead-letter rule would hide
+        # the storage/database error behind ``too_many_attempts``.
+        retry_budget = min(MAX_TRANSIENT_RETRIES, runtime.settings.job_max_attempts - 1)
+        if self.request.retries >= retry_budget or self.request.is_eager:
             fail_after_retries(runtime, job_id, exc)
             return "failed"
         log.warning("job %s: transient error, retry %d: %s", job_id, self.request.retries + 1, exc)
@@ -79,7 +83,7 @@ def _send_next(runtime, job_id: str) -> None:
             job = repo.get_job_any_tenant(s, job_id)
             tenant_id = job.tenant_id
         dispatch_tenant(runtime, tenant_id)
-    except TRANSIENT_ERRORS:
+    except (*TRANSIENT_ERRORS, KombuOperationalError):
         log.warning("could not dispatch follow-up jobs; the maintenance task will", exc_info=True)
 
 

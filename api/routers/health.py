@@ -9,6 +9,7 @@ that hangs cannot make the probe hang, because each check runs in a thread the p
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,20 @@ from db.api_queries import ping as db_ping
 router = APIRouter(tags=["health"])
 
 CHECK_TIMEOUT_S = 2.0
-# Checks run here, not in the request thread pool: a hung dependency must not starve the API's handlers.
-_CHECKS = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
+# Each dependency has its own small pool, outside the request thread pool: a hung dependency must
+# neither starve the API's handlers nor make the healthy ones look failed. While a dependency's earlier
+# checks are still hanging, new probes report it failed at once instead of queueing behind them.
+_POOL_SIZE = 2
+_POOLS: dict[str, ThreadPoolExecutor] = {}
+_IN_FLIGHT: dict[str, int] = {}
+_LOCK = threading.Lock()
+
+
+def _pool(name: str) -> ThreadPoolExecutor:
+    with _LOCK:
+        if name not in _POOLS:
+            _POOLS[name] = ThreadPoolExecutor(max_workers=_POOL_SIZE, thread_name_prefix=f"readyz-{name}")
+        return _POOLS[name]
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process is up")
@@ -65,11 +78,27 @@ def _check_storage(ctx: ApiContext) -> str:
     return f"{ctx.store.url} answered"
 
 
-async def _run_check(check: Callable[[ApiContext], str], ctx: ApiContext) -> Check:
+def _tracked(name: str, check: Callable[[ApiContext], str], ctx: ApiContext) -> str:
+    try:
+        return check(ctx)
+    finally:
+        with _LOCK:
+            _IN_FLIGHT[name] -= 1
+
+
+async def _run_check(name: str, check: Callable[[ApiContext], str], ctx: ApiContext) -> Check:
     start = time.perf_counter()
     loop = asyncio.get_running_loop()
+    with _LOCK:
+        busy = _IN_FLIGHT.get(name, 0) >= _POOL_SIZE
+        if not busy:
+            _IN_FLIGHT[name] = _IN_FLIGHT.get(name, 0) + 1
+    if busy:
+        return Check(ok=False, detail="earlier checks are still waiting for an answer", duration_ms=0.0)
     try:
-        detail = await asyncio.wait_for(loop.run_in_executor(_CHECKS, check, ctx), timeout=CHECK_TIMEOUT_S)
+        detail = await asyncio.wait_for(
+            loop.run_in_executor(_pool(name), _tracked, name, check, ctx), timeout=CHECK_TIMEOUT_S
+        )
         ok = True
     except TimeoutError:
         ok, detail = False, f"no answer within {CHECK_TIMEOUT_S:.0f}s"
@@ -87,7 +116,9 @@ async def _run_check(check: Callable[[ApiContext], str], ctx: ApiContext) -> Che
 async def readyz(ctx: ApiContext = Depends(get_context)) -> JSONResponse:
     names = ("database", "broker", "storage")
     results = await asyncio.gather(
-        _run_check(_check_database, ctx), _run_check(_check_broker, ctx), _run_check(_check_storage, ctx)
+        _run_check("database", _check_database, ctx),
+        _run_check("broker", _check_broker, ctx),
+        _run_check("storage", _check_storage, ctx),
     )
     checks = dict(zip(names, results, strict=True))
     failed = [name for name, check in checks.items() if not check.ok]
