@@ -122,10 +122,17 @@ class PikFix(nn.Module):
         return ColorizationOutput(ab, similarity, confidence, warped)
 
     def forward(self, gray01: torch.Tensor, ref_rgb01: torch.Tensor) -> PikFixOutput:
-        """The full training graph on a grey crop (N,1,H,W) and a colour reference (N,3,H',W')."""
+        """The full training graph on a grey crop (N,1,H,W) and a colour reference (N,3,H',W').
+
+        The colorization sub-net sees the restored luminance through a stop-gradient: the chroma,
+        histogram and adversarial losses train colorization and similarity only, and the restoration
+        sub-net is supervised by its own luminance losses. Without it, CPU training of ``lite`` saw the
+        chroma-side gradients pull the restored luminance off the ground truth (L1 0.07 -> 0.5 within
+        200 steps), wrecking both outputs.
+        """
         restored = self.restore(gray01)
         ref_l, ref_ab = rgb_to_model_space(ref_rgb01)
-        colorization = self.colorize(restored, ref_l, ref_ab)
+        colorization = self.colorize(restored.detach(), ref_l, ref_ab)
         ab = colorization.ab
         return PikFixOutput(
             restored=restored,
