@@ -19,6 +19,7 @@ from api.errors import install_error_handlers
 from api.metrics import RequestMetricsMiddleware
 from api.routers import batches, health, jobs, metrics, references
 from api.schemas import ErrorInfo, ErrorResponse
+from api.timeouts import ReadRequestTimeout
 from api.uploads import RequestSizeLimit
 from pikfix import __version__
 from pikfix.settings import Settings, get_settings
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, *, runtime: WorkerRuntime | Non
     _install_openapi(app)
     # Added last = outermost: the latency histogram also times requests refused for their size.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ReadRequestTimeout, seconds=settings.api_read_timeout_s)
     app.add_middleware(RequestMetricsMiddleware, observe=ctx.metrics.observe)
     return app
 

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     working_size: int = Field(256, description="Colourization working resolution (short side, pixels)")
     retrieval_top_k: int = 5
 
+    api_read_timeout_s: float = Field(10.0, description="GET requests answer 503 if no response started by then")
     max_upload_bytes: int = 200 * 1024 * 1024
     max_request_bytes: int = 2 * 1024 * 1024 * 1024
     max_archive_members: int = 100_000
