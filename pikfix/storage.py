@@ -595,11 +595,11 @@ class S3Store:
                 return ObjectNotFound(key)
             if code == "NoSuchBucket" or (code in _MISSING_CODES and key is None):
                 return StorageUnavailable(f"{op} {where}: bucket {self.bucket!r} does not exist")
+            # Name both the S3 error code and the HTTP status: operators grep for either.
+            reason = " ".join(p for p in (code, f"(HTTP {status})" if status else "", error.get("Message", "")) if p)
             if status >= 500 or code in _TRANSIENT_CODES:
-                return StorageUnavailable(
-                    f"{op} {where}: {code or status} {error.get('Message', '')}".strip()
-                )
-            return StorageError(f"{op} {where}: {code or status} {error.get('Message', '')}".strip())
+                return StorageUnavailable(f"{op} {where}: {reason}")
+            return StorageError(f"{op} {where}: {reason}")
         if isinstance(exc, NoCredentialsError):
             return StorageError(f"{op} {where}: no S3 credentials configured")
         if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError | ResponseStreamingError):
