@@ -114,8 +114,11 @@ class PikFix(nn.Module):
         lum = _pad(luminance01, *ColorizationNet.padding_for(height, width))
         ref_l, ref_ab = self._prepare_reference(ref_luminance01, ref_ab)
         similarity = self.similarity(lum, ref_l)
-        ref_hist = self.sphist.spatial_histogram(ref_ab)
-        warped = [self.sphist.warp(ref_hist, s) for s in similarity]
+        # Each scale's warp area-averages the reference histogram onto its reference grid (a no-op
+        # resize when given it pooled already); scales sharing a grid share the pooled copy.
+        pooled = self.sphist.pooled_histograms(ref_ab, [s.ref_grid for s in similarity])
+        warped = [self.sphist.warp(pooled[s.ref_grid], s) for s in similarity]
+        del pooled
         confidence = [s.confidence for s in similarity]
         guides = [torch.cat((h, c), dim=1) for h, c in zip(warped, confidence, strict=True)]
         ab = self.colorization(lum, guides)[:, :, :height, :width]

@@ -13,7 +13,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pikfix.nets.fastpath import (
+    bn_affine,
+    bn_relu,
+    bn_relu_conv,
+    channel_buffer,
+    concat_channels,
+    conv,
+    inference_path,
+)
 from pikfix.nets.sphist import resize
+
+_BAND_PIXELS = 1 << 16  # pixels per band of the full-resolution head in inference
+
+
+def upsample_rows(x: torch.Tensor, start: int, stop: int, size: tuple[int, int]) -> torch.Tensor:
+    """Rows [start, stop) of ``F.interpolate(x, size, mode="bilinear", align_corners=False)``,
+    up-sampling only a band of ``x`` (with one spare source row per side, since the band's own edge
+    rows would be clamped) when the height doubles exactly; the whole map otherwise."""
+    if size[0] != 2 * x.shape[-2]:
+        up = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return up[:, :, start:stop]
+    first, last = max(0, start // 2 - 1), min(x.shape[-2], (stop + 1) // 2 + 1)
+    band = x[:, :, first:last]
+    up = F.interpolate(band, size=(2 * (last - first), size[1]), mode="bilinear", align_corners=False)
+    return up[:, :, start - 2 * first : stop - 2 * first]
 
 
 def _bn_relu_conv(cin: int, cout: int, kernel: int) -> nn.Sequential:
@@ -34,20 +58,56 @@ class DenseLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_path(self):
+            return self._infer(x)
         return self.body(x)
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function with the second BN folded into the 1x1 conv (one pass less over the
+        bottleneck) and without touching ``x``, which is a slice of the block's shared buffer."""
+        (bn1, _, conv1), (bn2, _, conv2) = self.body
+        y = bn_relu(bn1, x)
+        affine = bn_affine(bn2, y.dtype)
+        if affine is None:
+            return conv(conv2, bn_relu(bn2, conv(conv1, y)))
+        scale, shift = affine
+        y = conv(conv1, y, conv1.weight * scale.view(-1, 1, 1, 1), shift.flatten()).relu_()
+        return conv(conv2, y)
 
 
 class DenseBlock(nn.Module):
+    """``units`` dense layers, each seeing the concatenation of the input and all earlier outputs.
+
+    ``forward(*parts)`` takes the input as channel groups to concatenate. Training concatenates
+    afresh for every layer (autograd keeps each layer's input). Inference writes the parts and each
+    layer's output into one preallocated buffer and hands every layer a prefix slice of it: no
+    re-concatenation (quadratic in the unit count) and one buffer instead of a copy per layer.
+    """
+
     def __init__(self, cin: int, units: int, growth: int, bn_size: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList(DenseLayer(cin + i * growth, growth, bn_size) for i in range(units))
         self.out_channels = cin + units * growth
+        self.growth = growth
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
+    def forward(self, *parts: torch.Tensor) -> torch.Tensor:
+        if inference_path(self):
+            return self._infer(parts)
+        features = [parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)]
         for layer in self.layers:
             features.append(layer(torch.cat(features, dim=1)))
         return torch.cat(features, dim=1)
+
+    def _infer(self, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        buffer = channel_buffer(parts[0], self.out_channels)
+        channels = 0
+        for part in parts:
+            buffer[:, channels : channels + part.shape[1]].copy_(part)
+            channels += part.shape[1]
+        for layer in self.layers:
+            buffer[:, channels : channels + self.growth].copy_(layer(buffer[:, :channels]))
+            channels += self.growth
+        return buffer
 
 
 class Transition(nn.Sequential):
@@ -55,6 +115,11 @@ class Transition(nn.Sequential):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(_bn_relu_conv(cin, cout, 1), nn.AvgPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if inference_path(self):
+            return self[1](bn_relu_conv(self[0], x))
+        return super().forward(x)
 
 
 class HistogramFusion(nn.Module):
@@ -74,6 +139,9 @@ class HistogramFusion(nn.Module):
         self.out = _bn_relu_conv(self.new_channels, width, 3)
 
     def forward(self, features: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        if inference_path(self):
+            fused = self.dense(features, guide)  # a buffer of its own: BN may overwrite it
+            return bn_relu_conv(self.out, fused[:, -self.new_channels :], inplace=True).add_(features)
         fused = self.dense(torch.cat((features, guide), dim=1))
         return features + self.out(fused[:, -self.new_channels :])
 
@@ -89,6 +157,9 @@ class DecoderStage(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        if inference_path(self):
+            x = bn_relu_conv(self.enter, concat_channels(x, skip), inplace=True)
+            return bn_relu_conv(self.leave, self.dense(x), inplace=True)
         return self.leave(self.dense(self.enter(torch.cat((x, skip), dim=1))))
 
 
@@ -143,6 +214,26 @@ class ColorizationNet(nn.Module):
             nn.Tanh(),
         )
 
+    def _head_in_bands(self, half: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """``self.head(cat(upsample(half), x_in))`` in horizontal bands (inference).
+
+        At full resolution the up-sampled features, their concatenation with the input and the first
+        conv's output are three full-size maps (~170 MB at 512^2); a band needs a few MB. Each band
+        carries ``halo`` extra rows per side, one per 3x3 conv, so the rows kept never see the zero
+        padding at a band's inner edges, and up-samples exactly the rows it needs.
+        """
+        n, _, height, width = x_in.shape
+        halo = sum(m.kernel_size[0] // 2 for m in self.head if isinstance(m, nn.Conv2d))
+        rows = max(4 * halo, _BAND_PIXELS // max(1, width))
+        out = torch.empty((n, 2, height, width), dtype=half.dtype, device=half.device)
+        for top in range(0, height, rows):
+            bottom = min(height, top + rows)
+            start, stop = max(0, top - halo), min(height, bottom + halo)
+            up = upsample_rows(half, start, stop, (height, width))
+            band = self.head(concat_channels(up, x_in[:, :, start:stop]))
+            out[:, :, top:bottom] = band[:, :, top - start : bottom - start]
+        return out
+
     @classmethod
     def padding_for(cls, height: int, width: int) -> tuple[int, int]:
         """Bottom/right padding that makes (height, width) a multiple of 32, at least 64."""
@@ -176,6 +267,12 @@ class ColorizationNet(nn.Module):
         for stage, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
             x = stage(x, skip)
         x = F.interpolate(x, size=stem.shape[-2:], mode="bilinear", align_corners=False)
+        if inference_path(self):  # keep channels-last through the full-size layers, free early
+            del skips
+            x = concat_channels(x, stem)
+            del stem
+            x = bn_relu_conv(self.to_half, x, inplace=True)
+            return self._head_in_bands(x, x_in)[:, :, :height, :width]
         x = self.to_half(torch.cat((x, stem), dim=1))
         x = F.interpolate(x, size=x_in.shape[-2:], mode="bilinear", align_corners=False)
         ab = self.head(torch.cat((x, x_in), dim=1))

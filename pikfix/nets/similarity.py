@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pikfix.backbones import RESNET34_WIDTHS, ResNet34Features, gray_to_rgb
-from pikfix.nets.sphist import SimilarityMap, resize
+from pikfix.nets.sphist import NEGLIGIBLE_WEIGHT, SimilarityMap, resize
+
+_LOGIT_RANGE = 40.0  # exp(-40) = 4e-18, below NEGLIGIBLE_WEIGHT
 
 
 def _projection(cin: int, cout: int) -> nn.Sequential:
@@ -59,8 +61,24 @@ def correlate(
     # fp32 even under autocast: the temperature (0.005) would amplify fp16/bf16 rounding of the cosine.
     with torch.autocast(device_type=features.device.type, enabled=False):
         cosine = torch.bmm(normalised(features, grid), normalised(ref_features, ref_grid).transpose(1, 2))
-        weights = torch.softmax(cosine / temperature, dim=2)
-    confidence = cosine.amax(dim=2).view(-1, 1, *grid)
+        best = cosine.amax(dim=2, keepdim=True)
+        confidence = best.view(-1, 1, *grid)
+        if torch.is_grad_enabled():
+            weights = torch.softmax(cosine / temperature, dim=2)
+        else:
+            # All in place: (P x P_ref) floats, 67 MB at the paper's cap. Logits more than _LOGIT_RANGE
+            # below their row's maximum (amax(cosine / t) == amax(cosine) / t exactly) would give
+            # weights under NEGLIGIBLE_WEIGHT, zeroed below anyway; raising them to that floor
+            # spares exp() its slow underflow path (softmax was 3-4x slower without it).
+            logits = cosine.div_(temperature)
+            row_max = best / temperature
+            torch.maximum(logits, row_max - _LOGIT_RANGE, out=logits)
+            weights = logits.sub_(row_max).exp_()  # softmax, in place: exp(x - max) / sum
+            weights.div_(weights.sum(dim=2, keepdim=True))
+        del cosine
+        # The sharp softmax leaves about a quarter of the weights subnormal, which made the warp's
+        # matrix product ~70x slower on x86; see NEGLIGIBLE_WEIGHT.
+        weights = F.threshold(weights, NEGLIGIBLE_WEIGHT, 0.0, inplace=not torch.is_grad_enabled())
     return SimilarityMap(weights, grid, ref_grid, size, resize(confidence, size))
 
 
