@@ -42,6 +42,8 @@ def _add_restore(sub: argparse._SubParsersAction) -> None:
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train Pik-Fix on a folder of colour photos")
     p.set_defaults(handler=_lazy("pikfix.train:train_command"), configure=_lazy("pikfix.train:add_arguments"))
+    p = sub.add_parser("combine", help="join the restoration and colorization parts of two checkpoints")
+    p.set_defaults(handler=_lazy("pikfix.combine:combine_command"), configure=_lazy("pikfix.combine:add_arguments"))
     p = sub.add_parser("eval", help="evaluate a checkpoint against grey and Reinhard baselines")
     p.set_defaults(handler=_lazy("pikfix.evaluate:eval_command"), configure=_lazy("pikfix.evaluate:add_arguments"))
 

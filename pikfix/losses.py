@@ -140,23 +140,55 @@ class PikFixLoss(nn.Module):
         self.perceptual = PerceptualLoss(vgg_weights, perceptual_stages) if self.weights.perceptual else None
         self.discriminator = PatchDiscriminator(3, discriminator_base) if self.weights.adversarial else None
 
+    def restoration_terms(self, restored: torch.Tensor, target_l: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The restoration sub-net's terms: L1 and perceptual distance of the restored luminance."""
+        zero = restored.new_zeros(())
+        return {
+            "l1_luminance": F.l1_loss(restored.float(), target_l.float()),
+            "perceptual": self.perceptual(restored, target_l) if self.perceptual is not None else zero,
+        }
+
+    def colorization_terms(
+        self,
+        ab: torch.Tensor,
+        output_histogram: torch.Tensor,
+        reference_histogram: torch.Tensor,
+        target_l: torch.Tensor,
+        target_ab: torch.Tensor,
+        adversarial: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """The colorization side's terms: EMD to the reference histogram, chroma L1, adversarial.
+
+        ``adversarial=False`` leaves the adversarial term at zero (a warm-up on the L1 terms alone).
+        """
+        terms = {
+            "emd": emd_loss(output_histogram.float(), reference_histogram.float()),
+            "l1_chroma": F.l1_loss(ab.float(), target_ab.float()),
+            "adversarial": ab.new_zeros(()),
+        }
+        if self.discriminator is not None and adversarial:
+            terms["adversarial"] = _bce(self.discriminator(target_l, ab), real=True)
+        return terms
+
+    def weighted(self, terms: dict[str, torch.Tensor]) -> LossTerms:
+        """All five terms (missing ones are zero) and their total under the loss weights."""
+        zero = next(iter(terms.values())).new_zeros(())
+        terms = {name: terms.get(name, zero) for name in TERMS}
+        w = self.weights.as_dict()
+        total = sum(w[name] * terms[name] for name in TERMS if w[name])
+        return LossTerms(terms, total if isinstance(total, torch.Tensor) else zero)
+
     def generator(
-        self, output: PikFixOutput, target_l: torch.Tensor, target_ab: torch.Tensor
+        self, output: PikFixOutput, target_l: torch.Tensor, target_ab: torch.Tensor, adversarial: bool = True
     ) -> LossTerms:
         """The five weighted terms for the generator (the discriminator's parameters get no update)."""
-        zero = output.ab.new_zeros(())
-        terms = {
-            "l1_luminance": F.l1_loss(output.restored.float(), target_l.float()),
-            "perceptual": self.perceptual(output.restored, target_l) if self.perceptual is not None else zero,
-            "emd": emd_loss(output.output_histogram.float(), output.reference_histogram.float()),
-            "l1_chroma": F.l1_loss(output.ab.float(), target_ab.float()),
-            "adversarial": zero,
-        }
-        if self.discriminator is not None:
-            terms["adversarial"] = _bce(self.discriminator(target_l, output.ab), real=True)
-        w = self.weights.as_dict()
-        total = sum(w[name] * terms[name] for name in TERMS)
-        return LossTerms(terms, total)
+        terms = self.restoration_terms(output.restored, target_l)
+        terms.update(
+            self.colorization_terms(
+                output.ab, output.output_histogram, output.reference_histogram, target_l, target_ab, adversarial
+            )
+        )
+        return self.weighted(terms)
 
     def discriminator_loss(
         self, fake_ab: torch.Tensor, target_l: torch.Tensor, target_ab: torch.Tensor

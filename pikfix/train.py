@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from pikfix.checkpoint import save_checkpoint
+from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pikfix.color import rgb_to_model_space
 from pikfix.config import PikFixConfig
 from pikfix.datasets import PhotoDataset, batch_iterator, load_batch, split_photos
 from pikfix.losses import TERMS, LossWeights, PikFixLoss, discriminator_width
@@ -53,6 +54,7 @@ LAST_CHECKPOINT = "last.pt"
 LOSSES_FILE = "losses.jsonl"
 CURVE_FILE = "loss_curve.png"
 STATE_FORMAT = "pikfix-train-state"
+PARTS = ("all", "restoration", "colorization")
 
 
 class TrainError(RuntimeError):
@@ -95,12 +97,24 @@ class TrainConfig:
     photos: list[str] | None = None
     model_config: PikFixConfig | None = None
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    part: str = "all"
+    adversarial_warmup: int = 0
+    init: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["model_config"] = self.architecture().to_dict()
         data["photos"] = [Path(p).name for p in self.photos] if self.photos else None
         return data
+
+    def part_weights(self) -> LossWeights:
+        """The loss weights with the terms of the sub-nets this run does not train set to zero."""
+        weights = self.loss_weights.as_dict()
+        if self.part == "restoration":
+            weights.update(emd=0.0, l1_chroma=0.0, adversarial=0.0)
+        elif self.part == "colorization":
+            weights.update(l1_luminance=0.0, perceptual=0.0)
+        return LossWeights(**weights)
 
     def architecture(self) -> PikFixConfig:
         return self.model_config or PikFixConfig.named(self.config)
@@ -116,6 +130,29 @@ class TrainResult:
     checkpoint: Path
     run_dir: Path
     losses: list[dict[str, Any]]
+
+
+def part_modules(model: PikFix, part: str) -> torch.nn.Module:
+    """The sub-nets a run of ``part`` trains: restoration alone, or similarity + SPHist + colorization."""
+    if part == "restoration":
+        return model.restoration
+    if part == "colorization":
+        return torch.nn.ModuleList([model.similarity, model.sphist, model.colorization])
+    return model
+
+
+def start_grey(model: PikFix) -> None:
+    """Zero the chroma head's last convolution, so a fresh run starts from grey output (ab = 0).
+
+    The L1 chroma loss then starts at the mean |ab| of the data instead of at random colours (about twice
+    that), and a short CPU run never ships a net whose untrained corners paint strong false colour.
+    The head stays trainable: the weights' gradient is the product of its input and the output gradient.
+    """
+    last = [m for m in model.colorization.head if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,6 +186,10 @@ class Trainer:
         self.config = config
         if config.batch_size < 1 or config.crop < 64:
             raise TrainError("batch size must be >= 1 and crop >= 64 (the colorization net's minimum)")
+        if config.part not in PARTS:
+            raise TrainError(f"unknown part {config.part!r}; expected one of {', '.join(PARTS)}")
+        if config.adversarial_warmup < 0:
+            raise TrainError("--adversarial-warmup must be >= 0 steps")
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
@@ -172,9 +213,14 @@ class Trainer:
                 f"an epoch has {len(self.dataset)} samples, fewer than the batch size {config.batch_size}"
             )
         arch = config.architecture()
-        self.model = PikFix(arch, backbone_weights=config.backbone_weights).to(self.device)
+        self.model = PikFix(arch, backbone_weights=config.backbone_weights)
+        if config.init:
+            self._init_from(config.init)
+        else:
+            start_grey(self.model)
+        self.model.to(self.device)
         self.loss = PikFixLoss(
-            config.loss_weights,
+            config.part_weights(),
             vgg_weights=config.vgg_weights,
             perceptual_stages=config.perceptual_stages,
             discriminator_base=discriminator_width(arch.name),
@@ -186,7 +232,7 @@ class Trainer:
             )
         elif self.loss.perceptual is not None:
             log.info("perceptual loss: VGG19 ImageNet weights from %s", config.vgg_weights)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in part_modules(self.model, config.part).parameters() if p.requires_grad]
         self.opt_g = torch.optim.Adam(params, lr=config.lr, betas=tuple(config.betas))
         self.opt_d = (
             torch.optim.Adam(self.loss.discriminator.parameters(), lr=config.disc_lr, betas=tuple(config.disc_betas))
@@ -208,6 +254,17 @@ class Trainer:
             self.device,
         )
 
+    def _init_from(self, source: str) -> None:
+        """Start from the weights of a pikfix checkpoint of the same architecture (not a resume)."""
+        try:
+            loaded = load_checkpoint(source)
+        except CheckpointError as exc:
+            raise TrainError(f"--init: {exc}") from exc
+        if loaded.config.to_dict() != self.model.config.to_dict():
+            raise TrainError(f"--init {source} has another architecture than --config {self.config.config}")
+        self.model.load_state_dict({k: v.float() for k, v in loaded.model.state_dict().items()})
+        log.info("initialised from %s (sha256 %s)", source, loaded.sha256[:12])
+
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -225,6 +282,7 @@ class Trainer:
             "seed": self.config.seed,
             "crop": self.config.crop,
             "batch_size": self.config.batch_size,
+            "part": self.config.part,
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -239,6 +297,8 @@ class Trainer:
             raise TrainError(f"{path} is not a training state file")
         if state["model_config"] != self.model.config.to_dict():
             raise TrainError(f"{path} was trained with another architecture than --config {self.config.config}")
+        if state.get("part", "all") != self.config.part:
+            raise TrainError(f"{path} trained part {state.get('part', 'all')!r}; resume with the same --part")
         for key in ("seed", "batch_size", "crop"):
             if state[key] != getattr(self.config, key):
                 raise TrainError(f"{path} used {key}={state[key]}; resume with the same value")
@@ -261,8 +321,8 @@ class Trainer:
             "epochs": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
             "dataset": f"{Path(self.config.data).name if self.config.data else 'photos'} "
             f"({len(self.photos)} training photos)",
-            "notes": f"pikfix train --config {self.model.config.name} --crop {self.config.crop} "
-            f"--batch-size {self.config.batch_size} --seed {self.config.seed}",
+            "notes": f"pikfix train --config {self.model.config.name} --part {self.config.part} "
+            f"--crop {self.config.crop} --batch-size {self.config.batch_size} --seed {self.config.seed}",
             "perceptual_vgg": "imagenet" if perceptual is not None and perceptual.pretrained else "random-init",
             "train": {k: v for k, v in self.config.to_json().items() if k not in ("data", "out", "model_config")},
         }
@@ -287,26 +347,52 @@ class Trainer:
         return self.config.lr * self.config.lr_decay**epoch
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        """One generator update and one discriminator update; returns the loss values."""
+        """One generator update and, when the adversarial term is on, one discriminator update."""
         self.model.train()
         self.loss.train()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        adversarial = self.loss.discriminator is not None and self.step >= self.config.adversarial_warmup
+        part = self.config.part
         with self._autocast():
-            output = self.model(batch["gray"], batch["reference"])
-            terms = self.loss.generator(output, batch["target_l"], batch["target_ab"])
+            if part == "restoration":
+                terms = self.loss.weighted(self.loss.restoration_terms(self.model.restore(batch["gray"]), batch["target_l"]))
+                fake_ab = None
+            elif part == "colorization":
+                fake_ab, col_terms = self._colorization_terms(batch, adversarial)
+                terms = self.loss.weighted(col_terms)
+            else:
+                output = self.model(batch["gray"], batch["reference"])
+                terms = self.loss.generator(output, batch["target_l"], batch["target_ab"], adversarial)
+                fake_ab = output.ab
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
         self.scaler.step(self.opt_g)
         values = terms.as_floats()
-        if self.opt_d is not None:
+        if self.opt_d is not None and adversarial and fake_ab is not None:
             with self._autocast():
-                d_loss = self.loss.discriminator_loss(output.ab, batch["target_l"], batch["target_ab"])
+                d_loss = self.loss.discriminator_loss(fake_ab, batch["target_l"], batch["target_ab"])
             self.opt_d.zero_grad(set_to_none=True)
             self.scaler.scale(d_loss).backward()
             self.scaler.step(self.opt_d)
             values["discriminator"] = float(d_loss.detach())
+        elif self.opt_d is not None:
+            values["discriminator"] = 0.0
         self.scaler.update()
         return values
+
+    def _colorization_terms(
+        self, batch: dict[str, torch.Tensor], adversarial: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Colorization trained on its own: it sees the ground-truth luminance (teacher forcing), so
+        it does not wait for, or depend on, the restoration sub-net being trained."""
+        ref_l, ref_ab = rgb_to_model_space(batch["reference"])
+        ab = self.model.colorize(batch["target_l"], ref_l, ref_ab).ab
+        sphist = self.model.sphist
+        terms = self.loss.colorization_terms(
+            ab, sphist.global_histogram(ab), sphist.global_histogram(ref_ab),
+            batch["target_l"], batch["target_ab"], adversarial,
+        )
+        return ab, terms
 
     def _set_lr(self) -> float:
         lr = self.lr_for(self.epoch)
@@ -514,6 +600,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--max-minutes", type=float, default=None, help="time budget; stops cleanly and saves")
     parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--betas", type=_floats, default=d.betas,
+                        help="Adam (beta1, beta2) of the generator; the paper's 0.99,0.999 by default")
+    parser.add_argument("--part", choices=PARTS, default=d.part,
+                        help="train every sub-net (all), only restoration, or only similarity+colorization "
+                        "(on ground-truth luminance); combine two part runs with 'pikfix combine'")
+    parser.add_argument("--adversarial-warmup", type=int, default=d.adversarial_warmup,
+                        help="steps trained on the L1/EMD terms alone before the adversarial term starts")
+    parser.add_argument("--init", default=None, help="start from the weights of this pikfix checkpoint")
     parser.add_argument("--lr-decay", type=float, default=d.lr_decay, help="learning-rate factor per epoch")
     parser.add_argument("--severity", type=float, default=d.severity, help="degradation severity")
     parser.add_argument("--perceptual-stages", type=int, default=d.perceptual_stages, choices=range(1, 6),
@@ -546,6 +640,10 @@ def train_command(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         lr=args.lr,
         lr_decay=args.lr_decay,
+        betas=args.betas,
+        part=args.part,
+        adversarial_warmup=args.adversarial_warmup,
+        init=args.init,
         severity=args.severity,
         perceptual_stages=args.perceptual_stages,
         checkpoint_every=args.checkpoint_every,

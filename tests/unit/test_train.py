@@ -15,10 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pikfix.checkpoint import load_checkpoint
+from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pikfix.cli import main
 from pikfix.color import rgb_to_model_space
+from pikfix.combine import combine_checkpoints
 from pikfix.config import PikFixConfig
 from pikfix.datasets import PhotoDataset, batch_iterator, split_photos
+from pikfix.model import PikFix
 from pikfix.train import TrainConfig, TrainError, add_arguments, train
 
 TINY = PikFixConfig(
@@ -241,3 +244,101 @@ def test_sigterm_stops_after_the_current_step_and_saves(photo_dir: Path, tmp_pat
     assert result.stopped_because == "signal" and 1 <= result.steps < 500
     assert load_checkpoint(result.checkpoint).metadata["training_steps"] == result.steps
     assert signal.getsignal(signal.SIGTERM) == before  # the previous handler is back
+
+
+# ------------------------------------------------------------------------------------------ parts
+
+
+def _prefix_changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], prefix: str) -> bool:
+    return any(not torch.equal(before[k].float(), after[k].float()) for k in before if k.startswith(prefix))
+
+
+def _state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(checkpoint).model.state_dict()
+
+
+def test_parts_train_only_their_own_sub_nets(photo_dir: Path, tmp_path: Path) -> None:
+    start = _state(train(tiny_config(photo_dir, tmp_path / "start", max_steps=0)).checkpoint)
+    restoration = _state(
+        train(tiny_config(photo_dir, tmp_path / "rest", part="restoration", max_steps=3, lr=1e-3)).checkpoint
+    )
+    colorization = _state(
+        train(tiny_config(photo_dir, tmp_path / "col", part="colorization", max_steps=3, lr=1e-3)).checkpoint
+    )
+    assert _prefix_changed(start, restoration, "restoration.")
+    for prefix in ("similarity.", "colorization.", "sphist."):
+        assert not _prefix_changed(start, restoration, prefix), prefix
+    assert not _prefix_changed(start, colorization, "restoration.")
+    assert _prefix_changed(start, colorization, "colorization.")
+    assert _prefix_changed(start, colorization, "similarity.")
+    rows = [json.loads(line) for line in (tmp_path / "rest" / "losses.jsonl").read_text().splitlines()]
+    assert all(r["l1_chroma"] == 0 and r["emd"] == 0 and r["l1_luminance"] > 0 for r in rows)
+    rows = [json.loads(line) for line in (tmp_path / "col" / "losses.jsonl").read_text().splitlines()]
+    assert all(r["l1_luminance"] == 0 and r["perceptual"] == 0 and r["l1_chroma"] > 0 for r in rows)
+
+
+def test_a_fresh_run_starts_from_grey_output(photo_dir: Path, tmp_path: Path) -> None:
+    model = load_checkpoint(train(tiny_config(photo_dir, tmp_path / "start", max_steps=0)).checkpoint).model
+    gray, reference = torch.rand(1, 1, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ab = model(gray, reference).ab
+    assert float(ab.abs().max()) == 0.0
+    # ... and learns colour from there: one step moves the chroma head off zero.
+    trained = load_checkpoint(train(tiny_config(photo_dir, tmp_path / "one", max_steps=2, lr=1e-3)).checkpoint).model
+    with torch.no_grad():
+        assert float(trained(gray, reference).ab.abs().max()) > 0.0
+
+
+def test_colorization_part_lowers_the_chroma_loss(photo_dir: Path, tmp_path: Path) -> None:
+    warm = [(0.85, 0.3, 0.2), (0.9, 0.5, 0.2), (0.8, 0.25, 0.35)]
+    photos = [str(write_png(tmp_path / f"warm{i}.png", synthetic_photo(c, seed=i))) for i, c in enumerate(warm)]
+    config = tiny_config(photo_dir, tmp_path / "col", photos=photos, part="colorization", max_steps=30, lr=1e-3)
+    rows = train(config).losses
+    first = np.mean([r["l1_chroma"] for r in rows[:8]])
+    last = np.mean([r["l1_chroma"] for r in rows[-8:]])
+    assert last < 0.8 * first, (first, last)
+
+
+def test_adversarial_term_waits_for_the_warmup(photo_dir: Path, tmp_path: Path) -> None:
+    rows = train(tiny_config(photo_dir, tmp_path / "warm", max_steps=5, adversarial_warmup=3)).losses
+    assert [r["adversarial"] == 0 and r["discriminator"] == 0 for r in rows] == [True] * 3 + [False] * 2
+
+
+def test_resume_refuses_another_part_and_init_checks_the_architecture(photo_dir: Path, tmp_path: Path) -> None:
+    train(tiny_config(photo_dir, tmp_path / "rest", part="restoration", max_steps=1))
+    with pytest.raises(TrainError, match="--part"):
+        train(tiny_config(photo_dir, tmp_path / "rest", part="colorization", max_steps=2, resume=True))
+    with pytest.raises(TrainError, match="unknown part"):
+        train(tiny_config(photo_dir, tmp_path / "bad", part="everything"))
+    other = PikFix(PikFixConfig(name="tiny", rdn_width=8, rdn_growth=4, rdn_blocks=1))
+    save_checkpoint(tmp_path / "other.pt", other)
+    with pytest.raises(TrainError, match="another architecture"):
+        train(tiny_config(photo_dir, tmp_path / "init", init=str(tmp_path / "other.pt"), max_steps=1))
+    with pytest.raises(TrainError, match="--init"):
+        train(tiny_config(photo_dir, tmp_path / "init2", init=str(tmp_path / "missing.pt"), max_steps=1))
+
+
+def test_init_starts_from_the_given_weights(photo_dir: Path, tmp_path: Path) -> None:
+    first = train(tiny_config(photo_dir, tmp_path / "first", part="restoration", max_steps=2, lr=1e-3))
+    again = train(tiny_config(photo_dir, tmp_path / "again", init=str(first.checkpoint), max_steps=0))
+    a, b = _state(first.checkpoint), _state(again.checkpoint)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_combine_joins_the_two_parts(photo_dir: Path, tmp_path: Path) -> None:
+    rest = train(tiny_config(photo_dir, tmp_path / "rest", part="restoration", max_steps=2, lr=1e-3)).checkpoint
+    col = train(tiny_config(photo_dir, tmp_path / "col", part="colorization", max_steps=2, lr=1e-3, seed=1)).checkpoint
+    out = tmp_path / "combined.pt"
+    assert main(["combine", "--restoration", str(rest), "--colorization", str(col), "--out", str(out)]) == 0
+    combined, r, c = load_checkpoint(out), _state(rest), _state(col)
+    state = combined.model.state_dict()
+    assert all(torch.equal(state[k], (r if k.startswith("restoration.") else c)[k]) for k in state)
+    parts = combined.metadata["parts"]
+    assert parts["restoration"]["training_steps"] == 2 and parts["colorization"]["train"]["part"] == "colorization"
+    assert combined.metadata["training_steps"] == 4
+    other = PikFix(PikFixConfig(name="tiny", rdn_width=8, rdn_growth=4, rdn_blocks=1))
+    save_checkpoint(tmp_path / "other.pt", other)
+    with pytest.raises(CheckpointError, match="different architectures"):
+        combine_checkpoints(str(tmp_path / "other.pt"), str(col), str(tmp_path / "x.pt"))
+    assert main(["combine", "--restoration", str(tmp_path / "nope.pt"), "--colorization", str(col),
+                 "--out", str(tmp_path / "y.pt")]) == 2
