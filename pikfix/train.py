@@ -1,9 +1,17 @@
 """Train Pik-Fix on a folder of colour photos (``pikfix train``), following the paper's recipe (section 4.1).
 
-Adam with lr 1e-4 and the paper's betas (0.99, 0.999) for the generator, the learning rate decayed
-x0.99 per epoch; the PatchGAN discriminator uses Adam with pix2pix's betas (0.5, 0.999), the usual
-choice for a GAN critic (the paper gives no discriminator settings). Reference strategies alternate
-per epoch (see ``pikfix.datasets``).
+Adam with lr 1e-4 and the paper's betas (0.99, 0.999) for the generator by default (``--betas`` and
+``--lr`` change them), the learning rate decayed x0.99 per epoch; the PatchGAN discriminator uses Adam
+with pix2pix's betas (0.5, 0.999), the usual choice for a GAN critic (the paper gives no discriminator
+settings). Reference strategies alternate per epoch (see ``pikfix.datasets``).
+
+``--part`` chooses what one run trains. ``all`` is the paper's joint training. ``restoration`` trains
+the restoration sub-net on its luminance losses alone; ``colorization`` trains the similarity and
+colorization sub-nets on their chroma, EMD and adversarial losses, fed the ground-truth luminance. The
+two are independent (the joint graph already stops the chroma gradients at the restored luminance), so
+on a CPU they run side by side, one core each, each at its own crop size, and ``pikfix combine`` joins
+them. A fresh run starts from grey output (``start_grey``); ``--adversarial-warmup`` holds the
+adversarial term back for the first steps; ``--init`` starts from a checkpoint's weights.
 
 A run folder holds everything about one run::
 
