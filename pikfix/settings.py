@@ -57,6 +57,9 @@ class Settings(BaseSettings):
 
     flower_basic_auth: str | None = None
     webhook_secret: str = "change-me"
+    webhook_allow_private: bool = Field(
+        False, description="Let webhooks reach loopback/private/link-local addresses (on-prem receivers)"
+    )
 
     @property
     def resolved_database_url(self) -> str:

@@ -3,19 +3,26 @@
 The body is JSON; ``X-Pikfix-Signature: sha256=<hex>`` is the HMAC-SHA256 of the exact body bytes with
 the service's webhook secret. Delivery is best effort with a short timeout and a few attempts: the batch
 status stays pollable either way.
+
+Only public addresses are reached unless ``webhook_allow_private`` is set (``pikfix.netpolicy``): the
+host is resolved and vetted before every attempt, the connection goes to the vetted address (TLS still
+verifies the certificate against the URL's host name), and redirects are not followed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import socket
+import ssl
 import time
-import urllib.request
 
 from db import repository as repo
 from db.session import session_scope
+from pikfix.netpolicy import Target, WebhookTargetError, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +48,54 @@ def call_batch_webhook(runtime, batch_id: str, attempts: int = 3, timeout_s: flo
         }
     body = json.dumps(payload, sort_keys=True).encode()
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, runtime.settings.webhook_secret)}
+    allow_private = runtime.settings.webhook_allow_private
     for attempt in range(attempts):
         try:
-            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - tenant's own URL
-                if 200 <= response.status < 300:
-                    return True
-        except OSError as exc:
+            target = resolve_target(url, allow_private)
+        except WebhookTargetError as exc:
+            log.warning("webhook for batch %s not sent: %s", batch_id, exc)
+            return False
+        try:
+            status = post(target, body, headers, timeout_s)
+            if 200 <= status < 300:
+                return True
+            log.warning("webhook for batch %s attempt %d: HTTP %d", batch_id, attempt + 1, status)
+        except (OSError, http.client.HTTPException) as exc:
             log.warning("webhook for batch %s attempt %d failed: %s", batch_id, attempt + 1, exc)
         if attempt + 1 < attempts:
             time.sleep(min(2**attempt, 5))
     return False
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to a vetted address while the request names the URL's host."""
+
+    def __init__(self, target: Target, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._address = target.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, target: Target, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout, context=ssl.create_default_context())
+        self._address = target.address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def post(target: Target, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
+    """POST ``body`` to a vetted target; returns the HTTP status (a 3xx is returned, not followed)."""
+    cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
+    connection = cls(target, timeout_s)
+    try:
+        connection.request("POST", target.path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()

@@ -58,6 +58,7 @@ from api.uploads import (
 from db import repository as repo
 from db.api_queries import get_jobs, list_batches_page, status_counts_for_batches
 from db.models import Batch
+from pikfix.netpolicy import WebhookTargetError, check_url_syntax
 from pikfix.storage import ObjectNotFound, safe_filename, upload_key
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,11 @@ def create_batch(
     if options["reference_id"] and options["reference_mode"] != "manual":
         raise ApiError(422, "validation_error", "reference_id is only used with reference_mode 'manual'")
     require_reference(ctx, principal.tenant_id, options["reference_id"])
+    if body.webhook_url:
+        try:
+            check_url_syntax(body.webhook_url, ctx.settings.webhook_allow_private)
+        except WebhookTargetError as exc:
+            raise ApiError(422, "webhook_url_not_allowed", str(exc)) from exc
     with ctx.session() as s:
         batch = repo.create_batch(s, principal.tenant_id, body.name, options, body.webhook_url)
         return batch_out(s, batch)

@@ -62,6 +62,16 @@ def test_create_batch_defaults_and_validation(api):
     assert error_of(api.client.post("/v1/batches", headers=api.a, content=b"{not json")) == (422, "validation_error")
 
 
+def test_webhook_urls_must_point_at_public_addresses(api):
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://localhost:6379/", "http://[::1]/hook",
+                "https://user:pw@hooks.example.org/x"):
+        response = api.client.post("/v1/batches", headers=api.a, json={"name": "x", "webhook_url": url})
+        assert error_of(response) == (422, "webhook_url_not_allowed"), url
+        assert response.json()["error"]["message"]
+    public = new_batch(api, webhook_url="https://hooks.bureau.example/pikfix")
+    assert public["webhook_url"] == "https://hooks.bureau.example/pikfix"
+
+
 def test_list_batches_pages_newest_first(api):
     created = [new_batch(api, name=f"album {i}")["id"] for i in range(5)]
     new_batch(api, headers=api.b)  # another tenant's batch never shows up

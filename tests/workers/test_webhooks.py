@@ -80,7 +80,11 @@ def receiver() -> Iterator[Receiver]:
 def runtime(sqlite_url: str, tmp_path: Path) -> Iterator[WorkerRuntime]:
     upgrade(sqlite_url)
     settings = Settings(
-        database_url=sqlite_url, storage_url=str(tmp_path / "objects"), broker_url=None, webhook_secret=SECRET
+        database_url=sqlite_url,
+        storage_url=str(tmp_path / "objects"),
+        broker_url=None,
+        webhook_secret=SECRET,
+        webhook_allow_private=True,  # the receiver listens on loopback
     )
     rt = WorkerRuntime(settings, hostname="test-worker")
     set_runtime(rt)
@@ -168,3 +172,24 @@ def test_no_webhook_url_means_no_request(runtime: WorkerRuntime, receiver: Recei
         repo.finish_batches(s)
     assert call_batch_webhook(runtime, batch_id) is False
     assert receiver.received == []
+
+
+def test_internal_addresses_are_not_reached_unless_allowed(
+    runtime: WorkerRuntime, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, batch_id = finished_batch(runtime, receiver.url)
+    with session_scope(runtime.database_url) as s:
+        repo.finish_batches(s)
+    runtime.settings.webhook_allow_private = False  # the production default
+    assert call_batch_webhook(runtime, batch_id, attempts=2, timeout_s=5) is False
+    assert receiver.received == []
+    assert "webhook address 127.0.0.1 is not a public address" in caplog.text
+
+
+def test_redirects_are_not_followed(runtime: WorkerRuntime, receiver: Receiver) -> None:
+    _, batch_id = finished_batch(runtime, receiver.url)
+    with session_scope(runtime.database_url) as s:
+        repo.finish_batches(s)
+    receiver.statuses = [302, 307]
+    assert call_batch_webhook(runtime, batch_id, attempts=2, timeout_s=5) is False
+    assert [hit.path for hit in receiver.received] == ["/hooks/pikfix", "/hooks/pikfix"]

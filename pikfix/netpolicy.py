@@ -1,0 +1,101 @@
+"""Which addresses an outbound webhook may reach: public ones only, unless the operator allows more.
+
+A webhook URL is chosen by a tenant, and the service POSTs to it from inside the deployment. Without a
+check, ``http://169.254.169.254/...`` (cloud metadata), ``http://localhost:6379`` or a private database
+address would turn the service into a proxy into its own network (server-side request forgery). So:
+
+* the API refuses URLs whose host is an IP literal outside the public address space, or ``localhost``
+  (``check_url_syntax``: no DNS lookup on the request path);
+* delivery resolves the host, refuses when any address is not public (``resolve_target``), and then
+  connects to the vetted address itself (``workers.webhooks``), so a second DNS answer cannot swap in
+  an internal one; redirects are not followed.
+
+``PIKFIX_WEBHOOK_ALLOW_PRIVATE=true`` lifts the address check for on-premises receivers (and tests).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
+
+SCHEMES = {"http": 80, "https": 443}
+LOCAL_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
+
+
+class WebhookTargetError(ValueError):
+    """The URL is malformed or points at an address webhooks may not reach."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A vetted destination: where to connect (``address``) and what to say (``host``, ``path``)."""
+
+    scheme: str
+    host: str
+    port: int
+    address: str
+    path: str
+
+
+def _split(url: str) -> SplitResult:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise WebhookTargetError(f"malformed webhook URL: {exc}") from exc
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise WebhookTargetError("a webhook URL needs http:// or https:// and a host")
+    if parts.username or parts.password:
+        raise WebhookTargetError("a webhook URL may not carry credentials; the body is signed instead")
+    return parts
+
+
+def is_public(address: str) -> bool:
+    """True for globally routable unicast addresses (not loopback, private, link-local, reserved...)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_url_syntax(url: str, allow_private: bool = False) -> None:
+    """The checks that need no DNS: scheme, host, no credentials, no non-public IP literal or localhost."""
+    parts = _split(url)
+    if allow_private:
+        return
+    host = parts.hostname or ""
+    if host.lower().rstrip(".") in LOCAL_NAMES:
+        raise WebhookTargetError(f"webhook host {host!r} is this machine; webhooks go to public addresses")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if not is_public(str(literal)):
+        raise WebhookTargetError(f"webhook address {host} is not a public address")
+
+
+def resolve_target(url: str, allow_private: bool = False) -> Target:
+    """Resolve the URL's host and pick the address to connect to; refuse if any answer is not public.
+
+    Every address is checked, not only the first: a name answering both a public and an internal
+    address is refused rather than raced.
+    """
+    check_url_syntax(url, allow_private)
+    parts = _split(url)
+    host = parts.hostname or ""
+    port = parts.port or SCHEMES[parts.scheme]
+    try:
+        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise WebhookTargetError(f"cannot resolve webhook host {host!r}: {exc}") from exc
+    addresses = [str(info[4][0]) for info in answers]
+    if not addresses:
+        raise WebhookTargetError(f"webhook host {host!r} has no address")
+    if not allow_private:
+        internal = sorted({a for a in addresses if not is_public(a)})
+        if internal:
+            raise WebhookTargetError(f"webhook host {host!r} resolves to non-public {', '.join(internal)}")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Target(parts.scheme, host, port, addresses[0], path)
