@@ -170,16 +170,22 @@ class PikFixLoss(nn.Module):
             terms["adversarial"] = _bce(self.discriminator(target_l, ab), real=True)
         return terms
 
-    def weighted(self, terms: dict[str, torch.Tensor]) -> LossTerms:
-        """All five terms (missing ones are zero) and their total under the loss weights."""
+    def weighted(self, terms: dict[str, torch.Tensor], held: tuple[str, ...] = ()) -> LossTerms:
+        """All five terms (missing ones are zero) and their total under the loss weights; ``held`` terms
+        are reported but left out of the total (a warm-up)."""
         zero = next(iter(terms.values())).new_zeros(())
         terms = {name: terms.get(name, zero) for name in TERMS}
         w = self.weights.as_dict()
-        total = sum(w[name] * terms[name] for name in TERMS if w[name])
+        total = sum(w[name] * terms[name] for name in TERMS if w[name] and name not in held)
         return LossTerms(terms, total if isinstance(total, torch.Tensor) else zero)
 
     def generator(
-        self, output: PikFixOutput, target_l: torch.Tensor, target_ab: torch.Tensor, adversarial: bool = True
+        self,
+        output: PikFixOutput,
+        target_l: torch.Tensor,
+        target_ab: torch.Tensor,
+        adversarial: bool = True,
+        held: tuple[str, ...] = (),
     ) -> LossTerms:
         """The five weighted terms for the generator (the discriminator's parameters get no update)."""
         terms = self.restoration_terms(output.restored, target_l)
@@ -188,7 +194,7 @@ class PikFixLoss(nn.Module):
                 output.ab, output.output_histogram, output.reference_histogram, target_l, target_ab, adversarial
             )
         )
-        return self.weighted(terms)
+        return self.weighted(terms, held)
 
     def discriminator_loss(
         self, fake_ab: torch.Tensor, target_l: torch.Tensor, target_ab: torch.Tensor

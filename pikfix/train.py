@@ -10,8 +10,8 @@ the restoration sub-net on its luminance losses alone; ``colorization`` trains t
 colorization sub-nets on their chroma, EMD and adversarial losses, fed the ground-truth luminance. The
 two are independent (the joint graph already stops the chroma gradients at the restored luminance), so
 on a CPU they run side by side, one core each, each at its own crop size, and ``pikfix combine`` joins
-them. A fresh run starts from grey output (``start_grey``); ``--adversarial-warmup`` holds the
-adversarial term back for the first steps; ``--init`` starts from a checkpoint's weights.
+them. A fresh run starts from grey output (``start_grey``); ``--l1-warmup`` trains the first steps on
+the L1 terms alone (the EMD and adversarial terms start after it); ``--init`` starts from a checkpoint's weights.
 
 A run folder holds everything about one run::
 
@@ -106,7 +106,7 @@ class TrainConfig:
     model_config: PikFixConfig | None = None
     loss_weights: LossWeights = field(default_factory=LossWeights)
     part: str = "all"
-    adversarial_warmup: int = 0
+    l1_warmup: int = 0
     init: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -196,8 +196,8 @@ class Trainer:
             raise TrainError("batch size must be >= 1 and crop >= 64 (the colorization net's minimum)")
         if config.part not in PARTS:
             raise TrainError(f"unknown part {config.part!r}; expected one of {', '.join(PARTS)}")
-        if config.adversarial_warmup < 0:
-            raise TrainError("--adversarial-warmup must be >= 0 steps")
+        if config.l1_warmup < 0:
+            raise TrainError("--l1-warmup must be >= 0 steps")
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
@@ -359,7 +359,9 @@ class Trainer:
         self.model.train()
         self.loss.train()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        adversarial = self.loss.discriminator is not None and self.step >= self.config.adversarial_warmup
+        warm = self.step < self.config.l1_warmup  # L1 terms only: EMD and adversarial are held back
+        adversarial = self.loss.discriminator is not None and not warm
+        held = ("emd", "adversarial") if warm else ()
         part = self.config.part
         with self._autocast():
             if part == "restoration":
@@ -367,10 +369,10 @@ class Trainer:
                 fake_ab = None
             elif part == "colorization":
                 fake_ab, col_terms = self._colorization_terms(batch, adversarial)
-                terms = self.loss.weighted(col_terms)
+                terms = self.loss.weighted(col_terms, held)
             else:
                 output = self.model(batch["gray"], batch["reference"])
-                terms = self.loss.generator(output, batch["target_l"], batch["target_ab"], adversarial)
+                terms = self.loss.generator(output, batch["target_l"], batch["target_ab"], adversarial, held)
                 fake_ab = output.ab
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(terms.total).backward()
@@ -613,8 +615,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", choices=PARTS, default=d.part,
                         help="train every sub-net (all), only restoration, or only similarity+colorization "
                         "(on ground-truth luminance); combine two part runs with 'pikfix combine'")
-    parser.add_argument("--adversarial-warmup", type=int, default=d.adversarial_warmup,
-                        help="steps trained on the L1/EMD terms alone before the adversarial term starts")
+    parser.add_argument("--l1-warmup", type=int, default=d.l1_warmup,
+                        help="steps trained on the L1 terms alone before the EMD and adversarial terms start")
     parser.add_argument("--init", default=None, help="start from the weights of this pikfix checkpoint")
     parser.add_argument("--lr-decay", type=float, default=d.lr_decay, help="learning-rate factor per epoch")
     parser.add_argument("--severity", type=float, default=d.severity, help="degradation severity")
@@ -650,7 +652,7 @@ def train_command(args: argparse.Namespace) -> int:
         lr_decay=args.lr_decay,
         betas=args.betas,
         part=args.part,
-        adversarial_warmup=args.adversarial_warmup,
+        l1_warmup=args.l1_warmup,
         init=args.init,
         severity=args.severity,
         perceptual_stages=args.perceptual_stages,

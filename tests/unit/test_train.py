@@ -21,6 +21,7 @@ from pikfix.color import rgb_to_model_space
 from pikfix.combine import combine_checkpoints
 from pikfix.config import PikFixConfig
 from pikfix.datasets import PhotoDataset, batch_iterator, split_photos
+from pikfix.losses import LossWeights
 from pikfix.model import PikFix
 from pikfix.train import TrainConfig, TrainError, add_arguments, train
 
@@ -299,9 +300,14 @@ def test_colorization_part_lowers_the_chroma_loss(photo_dir: Path, tmp_path: Pat
     assert last < 0.8 * first, (first, last)
 
 
-def test_adversarial_term_waits_for_the_warmup(photo_dir: Path, tmp_path: Path) -> None:
-    rows = train(tiny_config(photo_dir, tmp_path / "warm", max_steps=5, adversarial_warmup=3)).losses
+def test_emd_and_adversarial_terms_wait_for_the_l1_warmup(photo_dir: Path, tmp_path: Path) -> None:
+    weights = LossWeights().as_dict()
+    rows = train(tiny_config(photo_dir, tmp_path / "warm", max_steps=5, l1_warmup=3)).losses
     assert [r["adversarial"] == 0 and r["discriminator"] == 0 for r in rows] == [True] * 3 + [False] * 2
+    for row in rows:
+        in_total = ("l1_luminance", "perceptual", "l1_chroma") + (("emd", "adversarial") if row["step"] > 3 else ())
+        assert row["emd"] > 0  # reported during the warm-up too
+        assert row["total"] == pytest.approx(sum(weights[k] * row[k] for k in in_total), rel=1e-4, abs=1e-6)
 
 
 def test_resume_refuses_another_part_and_init_checks_the_architecture(photo_dir: Path, tmp_path: Path) -> None:
