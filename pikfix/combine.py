@@ -33,10 +33,31 @@ def combine_models(restoration: PikFix, colorization: PikFix) -> PikFix:
     return combined.eval()
 
 
+def trained_part(metadata: dict[str, Any]) -> str:
+    """Which part a checkpoint's run trained ("all" for joint runs and checkpoints made before parts)."""
+    train = metadata.get("train")
+    return str(train.get("part", "all")) if isinstance(train, dict) else "all"
+
+
+def _require_part(loaded: Any, wanted: str, flag: str) -> None:
+    part = trained_part(loaded.metadata)
+    if part not in (wanted, "all"):
+        raise CheckpointError(
+            f"{flag} {loaded.source} was trained with --part {part}; its {wanted} sub-net is untrained "
+            "(were the two checkpoints swapped?)"
+        )
+
+
 def combine_checkpoints(restoration_source: str, colorization_source: str, target: str, half: bool = False) -> str:
-    """Write the combined checkpoint to ``target`` (path or s3:// URI); returns its sha256."""
+    """Write the combined checkpoint to ``target`` (path or s3:// URI); returns its sha256.
+
+    Each source must have trained the part taken from it (or everything): a swapped pair would
+    otherwise give an untrained restoration or a grey colour head without a word.
+    """
     restoration = load_checkpoint(restoration_source)
     colorization = load_checkpoint(colorization_source)
+    _require_part(restoration, "restoration", "--restoration")
+    _require_part(colorization, "colorization", "--colorization")
     model = combine_models(restoration.model, colorization.model)
     metadata: dict[str, Any] = {
         "training_steps": _sum_steps(restoration.metadata, colorization.metadata),

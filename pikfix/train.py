@@ -198,6 +198,8 @@ class Trainer:
             raise TrainError(f"unknown part {config.part!r}; expected one of {', '.join(PARTS)}")
         if config.l1_warmup < 0:
             raise TrainError("--l1-warmup must be >= 0 steps")
+        if not any(config.part_weights().as_dict().values()):
+            raise TrainError(f"every loss weight of part {config.part!r} is zero: nothing would train")
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
@@ -222,7 +224,9 @@ class Trainer:
             )
         arch = config.architecture()
         self.model = PikFix(arch, backbone_weights=config.backbone_weights)
-        if config.init:
+        if config.resume:
+            pass  # the weights come from state.pt (load_state)
+        elif config.init:
             self._init_from(config.init)
         else:
             start_grey(self.model)
@@ -291,6 +295,8 @@ class Trainer:
             "crop": self.config.crop,
             "batch_size": self.config.batch_size,
             "part": self.config.part,
+            "l1_warmup": self.config.l1_warmup,
+            "betas": list(self.config.betas),
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -310,6 +316,12 @@ class Trainer:
         for key in ("seed", "batch_size", "crop"):
             if state[key] != getattr(self.config, key):
                 raise TrainError(f"{path} used {key}={state[key]}; resume with the same value")
+        # Recorded since the parts were introduced; older states resume as they always did.
+        if "l1_warmup" in state and state["l1_warmup"] != self.config.l1_warmup:
+            raise TrainError(f"{path} used --l1-warmup {state['l1_warmup']}; resume with the same value")
+        if "betas" in state and tuple(state["betas"]) != tuple(self.config.betas):
+            betas = ",".join(str(b) for b in state["betas"])
+            raise TrainError(f"{path} used --betas {betas}; resume with the same value")
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
         self.opt_g.load_state_dict(state["opt_g"])
@@ -331,7 +343,8 @@ class Trainer:
             f"({len(self.photos)} training photos)",
             "notes": f"pikfix train --config {self.model.config.name} --part {self.config.part} "
             f"--crop {self.config.crop} --batch-size {self.config.batch_size} --seed {self.config.seed}",
-            "perceptual_vgg": "imagenet" if perceptual is not None and perceptual.pretrained else "random-init",
+            "perceptual_vgg": "unused" if perceptual is None
+            else "imagenet" if perceptual.pretrained else "random-init",
             "train": {k: v for k, v in self.config.to_json().items() if k not in ("data", "out", "model_config")},
         }
 

@@ -22,11 +22,12 @@ import time
 
 from db import repository as repo
 from db.session import session_scope
-from pikfix.netpolicy import Target, WebhookTargetError, resolve_target
+from pikfix.netpolicy import Target, WebhookResolutionError, WebhookTargetError, resolve_target
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Pikfix-Signature"
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -52,14 +53,15 @@ def call_batch_webhook(runtime, batch_id: str, attempts: int = 3, timeout_s: flo
     for attempt in range(attempts):
         try:
             target = resolve_target(url, allow_private)
-        except WebhookTargetError as exc:
-            log.warning("webhook for batch %s not sent: %s", batch_id, exc)
-            return False
-        try:
             status = post(target, body, headers, timeout_s)
             if 200 <= status < 300:
                 return True
             log.warning("webhook for batch %s attempt %d: HTTP %d", batch_id, attempt + 1, status)
+        except WebhookResolutionError as exc:  # DNS may answer next time
+            log.warning("webhook for batch %s attempt %d: %s", batch_id, attempt + 1, exc)
+        except WebhookTargetError as exc:  # a policy refusal: no attempt will change it
+            log.warning("webhook for batch %s not sent: %s", batch_id, exc)
+            return False
         except (OSError, http.client.HTTPException) as exc:
             log.warning("webhook for batch %s attempt %d failed: %s", batch_id, attempt + 1, exc)
         if attempt + 1 < attempts:
@@ -67,35 +69,57 @@ def call_batch_webhook(runtime, batch_id: str, attempts: int = 3, timeout_s: flo
     return False
 
 
+def _connect(addresses: tuple[str, ...], port: int, timeout: float) -> socket.socket:
+    """The first vetted address that accepts a connection (as ``socket.create_connection`` tries the
+    resolver's answers in order, but never a name that could resolve differently now)."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return socket.create_connection((address, port), timeout)
+        except OSError as exc:
+            error = exc
+    raise error or OSError("no address to connect to")
+
+
 class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to a vetted address while the request names the URL's host."""
+    """Connects to the vetted addresses while the request names the URL's host."""
 
     def __init__(self, target: Target, timeout: float) -> None:
         super().__init__(target.host, target.port, timeout=timeout)
-        self._address = target.address
+        self._addresses = target.addresses
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect(self._addresses, self.port, self.timeout)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, target: Target, timeout: float) -> None:
-        super().__init__(target.host, target.port, timeout=timeout, context=ssl.create_default_context())
-        self._address = target.address
+    """As the HTTP one; the certificate is still verified against the URL's host name."""
+
+    def __init__(self, target: Target, timeout: float, context: ssl.SSLContext | None = None) -> None:
+        super().__init__(target.host, target.port, timeout=timeout, context=context or ssl.create_default_context())
+        self._addresses = target.addresses
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = _connect(self._addresses, self.port, self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def post(target: Target, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
-    """POST ``body`` to a vetted target; returns the HTTP status (a 3xx is returned, not followed)."""
-    cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
-    connection = cls(target, timeout_s)
+def post(
+    target: Target, body: bytes, headers: dict[str, str], timeout_s: float, context: ssl.SSLContext | None = None
+) -> int:
+    """POST ``body`` to a vetted target; returns the HTTP status (a 3xx is returned, not followed).
+
+    At most ``MAX_RESPONSE_BYTES`` of the answer are read: a receiver cannot hold a worker by
+    streaming an endless body. ``context`` replaces the default TLS trust store (tests, private CAs).
+    """
+    if target.scheme == "https":
+        connection: http.client.HTTPConnection = _PinnedHTTPSConnection(target, timeout_s, context)
+    else:
+        connection = _PinnedHTTPConnection(target, timeout_s)
     try:
         connection.request("POST", target.path, body=body, headers=headers)
         response = connection.getresponse()
-        response.read()
+        response.read(MAX_RESPONSE_BYTES)
         return response.status
     finally:
         connection.close()

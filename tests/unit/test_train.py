@@ -23,7 +23,7 @@ from pikfix.config import PikFixConfig
 from pikfix.datasets import PhotoDataset, batch_iterator, split_photos
 from pikfix.losses import LossWeights
 from pikfix.model import PikFix
-from pikfix.train import TrainConfig, TrainError, add_arguments, train
+from pikfix.train import TrainConfig, Trainer, TrainError, add_arguments, train
 
 TINY = PikFixConfig(
     name="tiny",
@@ -322,13 +322,23 @@ def test_resume_refuses_another_part_and_init_checks_the_architecture(photo_dir:
         train(tiny_config(photo_dir, tmp_path / "init", init=str(tmp_path / "other.pt"), max_steps=1))
     with pytest.raises(TrainError, match="--init"):
         train(tiny_config(photo_dir, tmp_path / "init2", init=str(tmp_path / "missing.pt"), max_steps=1))
+    train(tiny_config(photo_dir, tmp_path / "warm", part="colorization", max_steps=1, l1_warmup=5))
+    with pytest.raises(TrainError, match="--l1-warmup 5"):
+        train(tiny_config(photo_dir, tmp_path / "warm", part="colorization", max_steps=2, resume=True))
+    with pytest.raises(TrainError, match="--betas 0.99,0.999"):
+        train(tiny_config(photo_dir, tmp_path / "rest", part="restoration", max_steps=2, resume=True,
+                          betas=(0.9, 0.999)))
+    nothing = LossWeights(l1_chroma=0.0, emd=0.0, adversarial=0.0)
+    with pytest.raises(TrainError, match="nothing would train"):
+        train(tiny_config(photo_dir, tmp_path / "nothing", part="colorization", loss_weights=nothing))
 
 
 def test_init_starts_from_the_given_weights(photo_dir: Path, tmp_path: Path) -> None:
-    first = train(tiny_config(photo_dir, tmp_path / "first", part="restoration", max_steps=2, lr=1e-3))
+    first = train(tiny_config(photo_dir, tmp_path / "first", max_steps=2, lr=1e-3))
     again = train(tiny_config(photo_dir, tmp_path / "again", init=str(first.checkpoint), max_steps=0))
     a, b = _state(first.checkpoint), _state(again.checkpoint)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert float(a["colorization.head.2.weight"].abs().max()) > 0  # trained off the grey start ...
+    assert all(torch.equal(a[k], b[k]) for k in a)  # ... and kept, not zeroed again
 
 
 def test_combine_joins_the_two_parts(photo_dir: Path, tmp_path: Path) -> None:
@@ -348,3 +358,18 @@ def test_combine_joins_the_two_parts(photo_dir: Path, tmp_path: Path) -> None:
         combine_checkpoints(str(tmp_path / "other.pt"), str(col), str(tmp_path / "x.pt"))
     assert main(["combine", "--restoration", str(tmp_path / "nope.pt"), "--colorization", str(col),
                  "--out", str(tmp_path / "y.pt")]) == 2
+    with pytest.raises(CheckpointError, match="swapped"):
+        combine_checkpoints(str(col), str(rest), str(tmp_path / "z.pt"))
+    joint = train(tiny_config(photo_dir, tmp_path / "joint", max_steps=1)).checkpoint
+    combine_checkpoints(str(joint), str(joint), str(tmp_path / "j.pt"))  # a joint run serves both
+
+
+def test_each_part_optimises_only_its_own_parameters(photo_dir: Path, tmp_path: Path) -> None:
+    for part, owners in (("restoration", ("restoration.",)),
+                         ("colorization", ("similarity.", "sphist.", "colorization.")),
+                         ("all", ("restoration.", "similarity.", "sphist.", "colorization."))):
+        trainer = Trainer(tiny_config(photo_dir, tmp_path / part, part=part))
+        names = {id(p): n for n, p in trainer.model.named_parameters()}
+        optimised = {names[id(p)] for group in trainer.opt_g.param_groups for p in group["params"]}
+        expected = {n for n, p in trainer.model.named_parameters() if p.requires_grad and n.startswith(owners)}
+        assert optimised == expected, part

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,10 +21,11 @@ from helpers import photo_bytes
 from db import repository as repo
 from db.migrate import upgrade
 from db.session import dispose_engine, session_scope
+from pikfix.netpolicy import Target
 from pikfix.settings import Settings
 from pikfix.storage import result_key
 from workers.runtime import WorkerRuntime, set_runtime
-from workers.webhooks import SIGNATURE_HEADER, call_batch_webhook
+from workers.webhooks import SIGNATURE_HEADER, call_batch_webhook, post
 
 SECRET = "bureau-shared-secret"
 
@@ -49,6 +52,10 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
+    yield from _serve()
+
+
+def _serve(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
     box: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -58,6 +65,8 @@ def receiver() -> Iterator[Receiver]:
             rec.received.append(Received(self.path, dict(self.headers.items()), body))
             status = rec.statuses.pop(0) if rec.statuses else 204
             self.send_response(status)
+            if 300 <= status < 400:  # a redirect somewhere else on the same server
+                self.send_header("Location", "/elsewhere")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -65,6 +74,8 @@ def receiver() -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     box["receiver"] = Receiver(server)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -190,6 +201,55 @@ def test_redirects_are_not_followed(runtime: WorkerRuntime, receiver: Receiver) 
     _, batch_id = finished_batch(runtime, receiver.url)
     with session_scope(runtime.database_url) as s:
         repo.finish_batches(s)
-    receiver.statuses = [302, 307]
+    receiver.statuses = [302, 303]  # both would be followed (as GET) by urllib's default opener
     assert call_batch_webhook(runtime, batch_id, attempts=2, timeout_s=5) is False
     assert [hit.path for hit in receiver.received] == ["/hooks/pikfix", "/hooks/pikfix"]
+
+
+def test_unresolvable_hosts_are_retried_then_given_up(runtime: WorkerRuntime, caplog: pytest.LogCaptureFixture) -> None:
+    _, batch_id = finished_batch(runtime, "http://no-such-host.invalid/hook")
+    with session_scope(runtime.database_url) as s:
+        repo.finish_batches(s)
+    assert call_batch_webhook(runtime, batch_id, attempts=2, timeout_s=5) is False
+    assert caplog.text.count("cannot resolve webhook host 'no-such-host.invalid'") == 2
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for the name ``localhost`` (and 127.0.0.1), made with openssl."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_receiver(certificate: tuple[Path, Path]) -> Iterator[Receiver]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*map(str, certificate))
+    yield from _serve(context)
+
+
+def test_https_goes_to_the_vetted_address_and_checks_the_certificate_name(
+    runtime: WorkerRuntime, tls_receiver: Receiver, certificate: tuple[Path, Path]
+) -> None:
+    port = tls_receiver.server.server_address[1]
+    trusting = ssl.create_default_context(cafile=str(certificate[0]))
+    # The URL says "localhost"; the connection goes to the vetted 127.0.0.1; the certificate names localhost.
+    target = Target("https", "localhost", port, ("127.0.0.1",), "/hooks/pikfix")
+    assert post(target, b"{}", {"Content-Type": "application/json"}, 5, context=trusting) == 204
+    (hit,) = tls_receiver.received
+    assert hit.headers["Host"] == f"localhost:{port}" and hit.path == "/hooks/pikfix"
+    # A certificate for another name is refused, even though the address is the same.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        post(Target("https", "hooks.bureau.example", port, ("127.0.0.1",), "/x"), b"{}", {}, 5, context=trusting)
+    # With the default trust store the self-signed receiver is never sent the body.
+    _, batch_id = finished_batch(runtime, f"https://127.0.0.1:{port}/hooks/pikfix")
+    with session_scope(runtime.database_url) as s:
+        repo.finish_batches(s)
+    assert call_batch_webhook(runtime, batch_id, attempts=1, timeout_s=5) is False
+    assert len(tls_receiver.received) == 1
