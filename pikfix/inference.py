@@ -130,6 +130,19 @@ def decoded_from_array(pixels: np.ndarray) -> DecodedImage:
     return DecodedImage(rgb=np.ascontiguousarray(rgb), was_grey=grey, bit_depth=depth, size=(width, height), format="array")
 
 
+def decode_input(image: ImageInput, max_pixels: int | None) -> DecodedImage:
+    """Any accepted input (decoded image, bytes, path, s3:// URI, PIL image, array) as a ``DecodedImage``."""
+    if isinstance(image, DecodedImage):
+        return image
+    if isinstance(image, Image.Image):
+        return decode_pil_image(image, max_pixels)
+    if isinstance(image, np.ndarray):
+        return decoded_from_array(image)
+    if isinstance(image, str) and image.startswith("s3://"):
+        image = read_uri_bytes(image)
+    return decode_image(image, max_pixels)
+
+
 def _upsample_rows(ab: torch.Tensor, y0: int, y1: int, height: int, width: int) -> torch.Tensor:
     """Rows [y0, y1) of ``ab`` (1,2,h,w) bilinearly up-sampled to (height, width), without the full image.
 
@@ -294,15 +307,7 @@ class Restorer:
     # --- steps ----------------------------------------------------------------------------------------
 
     def _decode(self, image: ImageInput) -> DecodedImage:
-        if isinstance(image, DecodedImage):
-            return image
-        if isinstance(image, Image.Image):
-            return decode_pil_image(image, self.max_pixels)
-        if isinstance(image, np.ndarray):
-            return decoded_from_array(image)
-        if isinstance(image, str) and image.startswith("s3://"):
-            image = read_uri_bytes(image)
-        return decode_image(image, self.max_pixels)
+        return decode_input(image, self.max_pixels)
 
     def _decode_reference(self, reference: ImageInput) -> DecodedImage:
         try:

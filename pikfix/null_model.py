@@ -18,13 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pikfix import __version__
 from pikfix.color import _LAB_F0, _LAB_SLOPE, _LAB_T0, _XYZ_FROM_RGB, L_SCALE  # the model's notion of grey
-from pikfix.imageio import DecodedImage, decode_image, decode_pil_image
-from pikfix.inference import ImageInput, RestoreResult, decoded_from_array, working_shape
-from pikfix.uri import read_uri_bytes
+from pikfix.imageio import DecodedImage
+from pikfix.inference import ImageInput, RestoreResult, decode_input, working_shape
 
 NULL_CHECKPOINT = "null"  # the value of PIKFIX_CHECKPOINT that selects this model
 NULL_MODEL_NAME = "null"
@@ -88,15 +86,7 @@ class NullRestorer:
         }
 
     def _decode(self, image: ImageInput) -> DecodedImage:
-        if isinstance(image, DecodedImage):
-            return image
-        if isinstance(image, Image.Image):
-            return decode_pil_image(image, self.max_pixels)
-        if isinstance(image, np.ndarray):
-            return decoded_from_array(image)
-        if isinstance(image, str) and image.startswith("s3://"):
-            image = read_uri_bytes(image)
-        return decode_image(image, self.max_pixels)
+        return decode_input(image, self.max_pixels)
 
 
 def _strip_rows(width: int) -> int:

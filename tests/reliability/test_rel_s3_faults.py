@@ -43,7 +43,7 @@ BOTO_ATTEMPTS = 3  # pikfix.storage.S3Store's default max_attempts
 TIMEOUT_S = 180.0
 
 
-# Ignored until pikfix/settings.py has these fields (open_store already honours them when present).
+# Short S3 timeouts (pikfix.settings), so a silent endpoint costs seconds, not minutes.
 S3_TIMEOUTS = {"PIKFIX_S3_CONNECT_TIMEOUT_S": "2", "PIKFIX_S3_READ_TIMEOUT_S": "3"}
 STALL_BUDGET_S = 15.0
 

@@ -18,11 +18,9 @@ from datetime import UTC, datetime
 import pytest
 from rel_support import (
     batch_figures,
-    make_cluster,
     photo_bytes,
     record_figures,
     small_photos,
-    tiny_checkpoint,
     wait_for,
 )
 
@@ -31,18 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420
 LONG_SIDE = 1024  # seconds of work for the tiny model on a shared CPU: long enough to catch it running
 WAITING = 5
 TIMEOUT_S = 180.0
-
-
-@pytest.fixture
-def cluster(tmp_path, tmp_path_factory, fresh_redis_server, postgres_url, moto_server):
-    with make_cluster(
-        root=tmp_path,
-        redis=fresh_redis_server,
-        database_url=postgres_url,
-        moto_server=moto_server,
-        checkpoint=tiny_checkpoint(tmp_path_factory),
-    ) as c:
-        yield c
 
 
 def test_sigterm_lets_the_running_job_finish_and_loses_nothing(cluster) -> None:

@@ -25,11 +25,9 @@ import pytest
 from rel_support import (
     batch_figures,
     child_pids,
-    make_cluster,
     pid_alive,
     record_figures,
     small_photos,
-    tiny_checkpoint,
     wait_for,
 )
 
@@ -41,18 +39,6 @@ CONCURRENCY = 2
 CHILD_KILL_AT = (0.08, 0.2, 0.32, 0.44, 0.56)
 WORKER_KILL_AT = 0.7
 BATCH_TIMEOUT_S = 420.0
-
-
-@pytest.fixture
-def cluster(tmp_path, tmp_path_factory, fresh_redis_server, postgres_url, moto_server):
-    with make_cluster(
-        root=tmp_path,
-        redis=fresh_redis_server,
-        database_url=postgres_url,
-        moto_server=moto_server,
-        checkpoint=tiny_checkpoint(tmp_path_factory),
-    ) as c:
-        yield c
 
 
 def _cpu_ticks(pid: int) -> int:
