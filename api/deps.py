@@ -69,12 +69,15 @@ class ApiContext:
 
     # -- sending work after commit ---------------------------------------------------------------
 
-    def dispatch(self, tenant_id: str) -> int:
-        """Meter the tenant's committed queued jobs into the broker; never fails the request.
+    def dispatch(self, tenant_id: str, *, must_send: str | None = None) -> int:
+        """Meter the tenant's committed queued jobs into the broker.
 
-        If the broker is down the jobs stay queued in the database and the maintenance task sends
-        them later. In eager mode the jobs run here and now, and batches whose jobs are all done are
-        finished (report, webhook) because no beat process does it.
+        If the broker is down the jobs stay queued (unsent) in the database and the maintenance task
+        sends them within ``maintenance_interval_s`` of its return; the request still succeeds. With
+        ``must_send`` (a single-photo upload) that job is withdrawn instead and the client gets 503
+        ``broker_unavailable`` to retry, unless it was sent meanwhile. In eager mode the jobs run here
+        and now, and batches whose jobs are all done are finished (report, webhook) because no beat
+        process does it.
         """
         from workers.dispatch import dispatch_tenant
 
@@ -85,8 +88,14 @@ class ApiContext:
                 sent += n
                 if n == 0:
                     break
-        except Exception:
+        except Exception as exc:
             log.exception("sending jobs of tenant %s failed; the maintenance task will send them", tenant_id)
+            if must_send and not self.eager:
+                with self.session() as s:
+                    withdrawn = repo.forget_unsent_job(s, must_send)
+                if withdrawn:
+                    raise ApiError(503, "broker_unavailable", "the task queue is not reachable; try again later",
+                                   headers={"Retry-After": "5"}) from exc
         if self.eager:
             self.finish_batches()
         return sent
@@ -120,19 +129,34 @@ class ApiContext:
                     raise ApiError(503, "broker_unavailable", "the task queue is not reachable; try again later",
                                    headers={"Retry-After": "5"}) from exc
 
-    def send_ingest(self, batch_id: str, key: str) -> None:
-        """Unpack an uploaded archive. Nothing in the database remembers the archive, so a failure to
-        send is the client's to retry (503), unlike jobs, which the maintenance task re-sends."""
+    def send_ingest(self, archive_id: str, *, strict: bool = True) -> None:
+        """Send an accepted archive's ingest task.
+
+        The archive row is committed first. With ``strict``, if the broker refuses, the row is dropped
+        again (while no task was sent nothing else can have touched it) and the client gets 503 to
+        retry; if the drop fails too, or without ``strict`` (the archive came with a submit that has
+        committed), the row stays pending and the maintenance task sends the ingest within a minute.
+        """
         from workers.tasks import ingest_archive
 
         try:
-            ingest_archive.apply_async(args=[batch_id, key])
+            ingest_archive.apply_async(args=[archive_id])
         except Exception as exc:
             if self.eager:  # the task ran here: an archive's own problems are recorded by it, so this is a bug
                 raise
-            log.exception("sending the ingest task for batch %s failed", batch_id)
+            log.exception("sending the ingest task of archive %s failed", archive_id)
+            if not strict:
+                return
+            try:
+                with self.session() as s:
+                    repo.forget_unsent_archive(s, archive_id)
+            except Exception:
+                log.exception("archive %s stays pending; the maintenance task will send it", archive_id)
+                return
             raise ApiError(503, "broker_unavailable", "the task queue is not reachable; try again later",
                            headers={"Retry-After": "5"}) from exc
+        with self.session() as s:
+            repo.mark_archives_sent(s, [archive_id])
         if self.eager:
             self.finish_batches()
 

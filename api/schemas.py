@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from db.models import Batch, Job, JobReference, Reference
+from db.models import Archive, Batch, Job, JobReference, Reference
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 BatchStatus = Literal["open", "submitted", "finished", "cancelled"]
@@ -219,10 +219,12 @@ class BatchOut(BaseModel):
     submitted_at: datetime | None
     finished_at: datetime | None
     progress: BatchProgressOut
+    pending_archives: int = Field(0, description="archives accepted but not yet unpacked; the batch "
+                                                 "cannot finish before they are")
     report_url: str | None = Field(None, description="API path of the HTML report once finished")
 
     @classmethod
-    def from_row(cls, batch: Batch, progress: BatchProgressOut) -> BatchOut:
+    def from_row(cls, batch: Batch, progress: BatchProgressOut, pending_archives: int = 0) -> BatchOut:
         return cls(
             id=batch.id,
             name=batch.name,
@@ -234,6 +236,7 @@ class BatchOut(BaseModel):
             submitted_at=batch.submitted_at,
             finished_at=batch.finished_at,
             progress=progress,
+            pending_archives=pending_archives,
             report_url=f"/v1/batches/{batch.id}/report" if batch.report_key else None,
         )
 
@@ -249,9 +252,33 @@ class BatchCancelled(BaseModel):
 
 
 class ArchiveInfo(BaseModel):
+    id: str
     name: str
     bytes: int
     members: int = Field(description="entries in the archive's central directory")
+
+
+class ArchiveOut(BaseModel):
+    """An archive of a batch: ``pending`` until unpacked, then ``ingested`` or ``failed`` (with why)."""
+
+    id: str
+    name: str
+    bytes: int | None
+    status: Literal["pending", "ingested", "failed"]
+    created_jobs: int
+    refused_members: int
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    ingested_at: datetime | None
+
+    @classmethod
+    def from_row(cls, archive: Archive) -> ArchiveOut:
+        return cls.model_validate(archive, from_attributes=True)
+
+
+class ArchiveList(BaseModel):
+    items: list[ArchiveOut]
 
 
 class ArchiveAccepted(BaseModel):
@@ -286,6 +313,8 @@ class SubmitRequest(_Request):
 class SubmitOut(BaseModel):
     batch: BatchOut
     registered: int = Field(description="jobs created from presigned uploads by this call")
+    archives: int = Field(0, description="presigned .zip uploads handed to the ingest task by this call; "
+                                         "their photos become jobs of this batch before it can finish")
     rejected: list[Rejected] = Field(default_factory=list)
 
 

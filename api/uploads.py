@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import uuid
 import warnings
 import zipfile
@@ -36,6 +37,7 @@ from api.schemas import Rejected
 from pikfix.errors import PikFixInputError
 from pikfix.imageio import SUPPORTED_INPUT_FORMATS, sniff_image_format
 from pikfix.storage import ObjectStore, original_key, reference_key, safe_filename
+from workers.archive import IMAGE_EXTENSIONS
 
 MiB = 1024 * 1024
 SPOOL_BYTES = 1 * MiB  # files up to this size never touch the disk
@@ -391,6 +393,9 @@ def inspect_archive(staged: StagedFile, limits: ArchiveLimits) -> int:
     compressed = sum(i.compress_size for i in infos) or 1
     if declared / compressed > limits.max_ratio:
         raise ApiError(422, "zip_bomb", f"compression ratio {declared / compressed:.0f} exceeds {limits.max_ratio:.0f}")
+    if not any(posixpath.splitext(i.filename)[1].lower() in IMAGE_EXTENSIONS for i in infos):
+        raise ApiError(422, "archive_empty",
+                       f"the archive holds no photos ({len(infos)} files, none named as an image)")
     return len(infos)
 
 
@@ -469,6 +474,11 @@ def refuse_all(rejected: list[Rejected]) -> ApiError:
         message += f" (and {len(rejected) - 1} more file(s) refused)"
     return ApiError(status_for_code(first.code), first.code, message,
                     details=[r.model_dump() for r in rejected])
+
+
+def is_archive_name(name: str) -> bool:
+    """A presigned upload that the submit hands to the ingest task rather than registering as a photo."""
+    return name.lower().endswith(".zip")
 
 
 def archive_key(tenant_id: str, batch_id: str, name: str) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.jobs import check_reference_owner, normalize_options, record_events
 from db.models import (
+    ARCHIVE_PENDING,
     BATCH_CANCELLED,
     BATCH_FINISHED,
     BATCH_OPEN,
@@ -31,6 +32,7 @@ from db.models import (
     JOB_STATUSES,
     JOB_SUCCEEDED,
     JOB_TERMINAL,
+    Archive,
     Batch,
     InvalidCursor,
     InvalidOptions,
@@ -255,16 +257,17 @@ def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
 
 
 def finish_batches(s: Session) -> list[Batch]:
-    """Mark submitted batches with no active job as finished; returns those this call finished.
+    """Mark submitted batches with no active job and no archive left to unpack as finished; returns those this call finished.
 
     One compare-and-set statement, so two maintenance runs never both finish (and both notify) the
     same batch.
     """
     active = exists().where(Job.batch_id == Batch.id, Job.status.in_(JOB_ACTIVE))
+    unpacking = exists().where(Archive.batch_id == Batch.id, Archive.status == ARCHIVE_PENDING)
     ids = list(
         s.scalars(
             update(Batch)
-            .where(Batch.status == BATCH_SUBMITTED, ~active)
+            .where(Batch.status == BATCH_SUBMITTED, ~active, ~unpacking)
             .values(status=BATCH_FINISHED, finished_at=utcnow())
             .returning(Batch.id)
             .execution_options(synchronize_session=False)

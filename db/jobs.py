@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -276,6 +276,7 @@ def claim_job(s: Session, job_id: str, worker: str, max_attempts: int) -> ClaimR
                 {
                     "attempts": Job.attempts + 1,
                     "started_at": now,
+                    "heartbeat_at": now,
                     "finished_at": None,
                     "worker": worker,
                     "updated_at": now,
@@ -513,14 +514,34 @@ def retry_job(s: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
+def forget_unsent_job(s: Session, job_id: str) -> bool:
+    """Delete a job no task was ever sent for (its upload is answered 503 and retried by the client);
+    False if it was sent meanwhile (it will run, so the upload stands)."""
+    result = s.execute(delete(Job).where(Job.id == job_id, Job.status == JOB_QUEUED, Job.sent_at.is_(None)))
+    return bool(result.rowcount)
+
+
+def touch_heartbeat(s: Session, job_id: str) -> bool:
+    """A worker process still runs the job; False once the job is no longer running."""
+    result = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JOB_RUNNING)
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)
+
+
 def find_stuck_jobs(
     s: Session,
     now: datetime,
     queued_older_than_s: float,
     running_older_than_s: float,
     limit: int = 500,
+    heartbeat_older_than_s: float | None = None,
 ) -> list[str]:
-    """Ids of jobs whose task was sent long ago but which never finished: the broker lost them.
+    """Ids of jobs whose task was sent long ago but which never finished: the broker lost them, or
+    (with ``heartbeat_older_than_s``) the worker running them stopped beating.
 
     Queued jobs count from ``sent_at`` (never-sent ones are the metering's business, not stuck);
     running jobs count from the later of ``started_at`` and ``sent_at``: a job that waited long in
@@ -530,18 +551,18 @@ def find_stuck_jobs(
     """
     q_cut = now - timedelta(seconds=queued_older_than_s)
     r_cut = now - timedelta(seconds=running_older_than_s)
+    stuck = [
+        and_(Job.status == JOB_QUEUED, Job.sent_at < q_cut),
+        and_(Job.status == JOB_RUNNING, Job.started_at < r_cut, or_(Job.sent_at.is_(None), Job.sent_at < r_cut)),
+    ]
+    if heartbeat_older_than_s is not None:
+        # A worker beats while it runs a job: silence means it was killed (SIGKILL, OOM, lost node).
+        h_cut = now - timedelta(seconds=heartbeat_older_than_s)
+        stuck.append(and_(Job.status == JOB_RUNNING, func.coalesce(Job.heartbeat_at, Job.started_at) < h_cut,
+                          or_(Job.sent_at.is_(None), Job.sent_at < h_cut)))
     stmt = (
         select(Job.id)
-        .where(
-            or_(
-                and_(Job.status == JOB_QUEUED, Job.sent_at < q_cut),
-                and_(
-                    Job.status == JOB_RUNNING,
-                    Job.started_at < r_cut,
-                    or_(Job.sent_at.is_(None), Job.sent_at < r_cut),
-                ),
-            )
-        )
+        .where(or_(*stuck))
         .order_by(Job.sent_at, Job.id)
         .limit(limit)
     )
@@ -633,6 +654,8 @@ __all__ = [
     "create_job",
     "fail_job",
     "find_stuck_jobs",
+    "touch_heartbeat",
+    "forget_unsent_job",
     "get_job",
     "get_job_any_tenant",
     "job_events",

@@ -51,6 +51,9 @@ BATCH_STATUSES = (BATCH_OPEN, BATCH_SUBMITTED, BATCH_FINISHED, BATCH_CANCELLED)
 REF_PENDING, REF_INDEXED, REF_FAILED, REF_DELETED = "pending", "indexed", "failed", "deleted"
 REFERENCE_STATUSES = (REF_PENDING, REF_INDEXED, REF_FAILED, REF_DELETED)
 
+ARCHIVE_PENDING, ARCHIVE_INGESTED, ARCHIVE_FAILED = "pending", "ingested", "failed"
+ARCHIVE_STATUSES = (ARCHIVE_PENDING, ARCHIVE_INGESTED, ARCHIVE_FAILED)
+
 REFERENCE_MODES = ("auto", "manual", "none")
 OUTPUT_FORMATS = ("png", "jpeg", "tiff16")
 REFERENCE_SOURCES = ("retrieval", "manual", "fallback")
@@ -196,6 +199,32 @@ class Batch(Base):
     report_key: Mapped[str | None] = mapped_column(String(1024))
 
 
+class Archive(Base):
+    """A zip accepted into a batch, waiting to be unpacked; a batch cannot finish while one is pending."""
+
+    __tablename__ = "archives"
+    __table_args__ = (
+        CheckConstraint(_status_check("status", ARCHIVE_STATUSES), name="status"),
+        Index("ix_archives_batch_id_status", "batch_id", "status"),
+        Index("ix_archives_status_sent_at", "status", "sent_at"),
+    )
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(500))
+    object_key: Mapped[str] = mapped_column(String(1024))
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=ARCHIVE_PENDING)
+    created_jobs: Mapped[int] = mapped_column(default=0)
+    refused_members: Mapped[int] = mapped_column(default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    ingested_at: Mapped[datetime | None]
+
+
 class Reference(Base):
     """A colour photo in a tenant's reference corpus; ``descriptor`` is its retrieval feature blob."""
 
@@ -257,6 +286,7 @@ class Job(Base):
     queued_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     duration_s: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

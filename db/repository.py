@@ -8,6 +8,19 @@ The functions live in one module per resource (``db.tenants``, ``db.batches``, `
 
 from __future__ import annotations
 
+from db.archives import (
+    add_archive,
+    archives_to_resend,
+    finish_archive,
+    forget_unsent_archive,
+    get_archive_any_tenant,
+    list_batch_archives,
+    lock_archive_for_ingest,
+    lock_open_batch,
+    mark_archives_sent,
+    pending_archive_count,
+    pending_archive_counts,
+)
 from db.batches import (
     BatchProgress,
     batch_progress,
@@ -34,6 +47,7 @@ from db.jobs import (
     create_job,
     fail_job,
     find_stuck_jobs,
+    forget_unsent_job,
     get_job,
     get_job_any_tenant,
     job_events,
@@ -45,6 +59,7 @@ from db.jobs import (
     normalize_options,
     record_events,
     retry_job,
+    touch_heartbeat,
 )
 from db.references import (
     add_reference,
@@ -78,6 +93,17 @@ from db.workflow import (
 )
 
 __all__ = [
+    "add_archive",
+    "archives_to_resend",
+    "finish_archive",
+    "forget_unsent_archive",
+    "get_archive_any_tenant",
+    "list_batch_archives",
+    "lock_archive_for_ingest",
+    "lock_open_batch",
+    "mark_archives_sent",
+    "pending_archive_count",
+    "pending_archive_counts",
     "SKIPPED_MEMBER",
     "create_failed_job",
     "create_job_once",
@@ -106,6 +132,8 @@ __all__ = [
     "delete_reference",
     "fail_job",
     "find_stuck_jobs",
+    "touch_heartbeat",
+    "forget_unsent_job",
     "finish_batches",
     "get_batch",
     "get_batch_any_tenant",

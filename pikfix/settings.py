@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     job_soft_time_limit_s: int = 1800
     job_hard_time_limit_s: int = 2100
     job_stuck_after_s: int = 3600
+    job_heartbeat_s: float = Field(15.0, gt=0, description="how often a worker touches a running job")
+    job_heartbeat_timeout_s: float = Field(
+        60.0, gt=0, description="a running job silent this long is re-sent (its worker died)"
+    )
     job_max_attempts: int = 5
     maintenance_interval_s: float = 60.0
     tenant_backlog_limit: int = 200

@@ -59,6 +59,10 @@ def configure(app: Celery, settings: Settings) -> None:
                 "task": "pikfix.maintenance.resend_stuck_jobs",
                 "schedule": settings.maintenance_interval_s,
             },
+            "resend-pending-archives": {
+                "task": "pikfix.maintenance.resend_pending_archives",
+                "schedule": settings.maintenance_interval_s,
+            },
             "dispatch-queued-jobs": {
                 "task": "pikfix.maintenance.dispatch_queued_jobs",
                 "schedule": settings.maintenance_interval_s,

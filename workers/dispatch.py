@@ -15,21 +15,61 @@ from db.session import session_scope
 log = logging.getLogger(__name__)
 
 
-def send_jobs(job_ids: list[str]) -> None:
+def send_jobs(job_ids: list[str]) -> list[str]:
+    """Publish a restore task per job, in order; returns the ids the broker took.
+
+    Stops at the first refusal and raises it as ``SendError`` carrying the ids sent before it, so the
+    caller can record exactly those as sent.
+    """
     from workers.tasks import restore_job
 
+    sent: list[str] = []
     for job_id in job_ids:
-        restore_job.apply_async(args=[job_id])
+        try:
+            restore_job.apply_async(args=[job_id])
+        except Exception as exc:
+            raise SendError(sent, exc) from exc
+        sent.append(job_id)
+    return sent
+
+
+class SendError(Exception):
+    """Publishing failed after ``sent`` tasks went out (the broker is down or refused)."""
+
+    def __init__(self, sent: list[str], cause: Exception) -> None:
+        super().__init__(f"sent {len(sent)} task(s), then: {type(cause).__name__}: {cause}")
+        self.sent = sent
+
+
+def send_and_mark(s, job_ids: list[str]) -> int:
+    """Send the jobs' tasks, then mark as sent exactly those the broker took, in the caller's transaction.
+
+    A job counts as sent only once the broker has it: a broker outage leaves the rest unsent, for the
+    next dispatch (every ``maintenance_interval_s``) to send as soon as the broker is back. A task that
+    went out but whose mark is lost with the transaction is sent again later; the worker's
+    compare-and-set claim runs it once.
+    """
+    try:
+        sent = send_jobs(job_ids)
+    except SendError as exc:
+        repo.mark_sent(s, exc.sent)
+        s.commit()
+        raise
+    repo.mark_sent(s, sent)
+    return len(sent)
 
 
 def dispatch(runtime) -> int:
     """Send up to each tenant's backlog allowance of not-yet-sent queued jobs; returns how many."""
     with session_scope(runtime.database_url) as s:
-        jobs = repo.jobs_to_send(s, runtime.settings.tenant_backlog_limit)
-        job_ids = [j.id for j in jobs]
-        repo.mark_sent(s, job_ids)
-    # Marked sent and committed first: if publishing fails midway, the stuck-job sweep re-sends them.
-    send_jobs(job_ids)
+        job_ids = [j.id for j in repo.jobs_to_send(s, runtime.settings.tenant_backlog_limit)]
+        if runtime.settings.eager:
+            # In-process "sending" runs the job here, in its own transaction: mark first, then run.
+            repo.mark_sent(s, job_ids)
+        else:
+            send_and_mark(s, job_ids)
+    if runtime.settings.eager:
+        send_jobs(job_ids)
     if job_ids:
         log.info("sent %d jobs", len(job_ids))
     return len(job_ids)

@@ -4,6 +4,7 @@
   (the broker may have lost them: Redis restarted or flushed, a worker vanished). Sending twice is safe:
   the claim and completion are compare-and-set, results go to deterministic keys.
 - ``dispatch_queued_jobs``: meters waiting jobs into the broker within each tenant's backlog allowance.
+- ``resend_pending_archives``: accepted archives whose ingest task was never sent or was lost are sent.
 - ``reindex_pending_references``: references whose index task was lost are sent again.
 - ``finish_batches``: marks batches whose jobs are all terminal as finished, writes the batch report and
   calls the batch webhook.
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from db import repository as repo
 from db.session import session_scope
 from workers.app import app
-from workers.dispatch import dispatch, send_jobs
+from workers.dispatch import dispatch, send_and_mark
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,33 @@ def resend_stuck_jobs() -> int:
             queued_older_than_s=s_.job_stuck_after_s,
             running_older_than_s=s_.job_hard_time_limit_s + 60,
             limit=1000,
+            heartbeat_older_than_s=s_.job_heartbeat_timeout_s,
         )
-        repo.mark_sent(s, job_ids)
-    send_jobs(job_ids)
+        send_and_mark(s, job_ids)
     if job_ids:
         log.warning("re-sent %d stuck jobs", len(job_ids))
     return len(job_ids)
+
+
+@app.task(name="pikfix.maintenance.resend_pending_archives")
+def resend_pending_archives() -> int:
+    """Send ingest tasks for archives still pending: never sent (the broker was down when they came
+    with a submit) or sent long ago (the broker lost the message). Ingesting twice is safe."""
+    from workers.tasks import ingest_archive
+
+    runtime = get_runtime()
+    with session_scope(runtime.database_url) as s:
+        archive_ids = repo.archives_to_resend(s, datetime.now(UTC), sent_before_s=runtime.settings.job_stuck_after_s)
+        sent = []
+        try:
+            for archive_id in archive_ids:
+                ingest_archive.apply_async(args=[archive_id])
+                sent.append(archive_id)
+        finally:
+            repo.mark_archives_sent(s, sent)
+    if sent:
+        log.warning("sent %d pending archive ingest tasks", len(sent))
+    return len(sent)
 
 
 @app.task(name="pikfix.maintenance.reindex_pending_references")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
+import shutil
+import tempfile
+import threading
+from contextlib import contextmanager
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
@@ -44,7 +47,8 @@ def _load_model_in_child(**_: object) -> None:
 def restore_job(self, job_id: str) -> str:
     runtime = get_runtime()
     try:
-        outcome = run_restore_job(runtime, job_id)
+        with _heartbeat(runtime, job_id, enabled=not self.request.is_eager):
+            outcome = run_restore_job(runtime, job_id)
     except SoftTimeLimitExceeded:
         _fail_active(runtime, job_id, "time_limit", f"exceeded the {runtime.settings.job_soft_time_limit_s} s time limit")
         return "failed"
@@ -66,6 +70,37 @@ def restore_job(self, job_id: str) -> str:
     if outcome.status != "skipped" and not self.request.is_eager:
         _send_next(runtime, job_id)
     return outcome.status
+
+
+@contextmanager
+def _heartbeat(runtime, job_id: str, enabled: bool = True):
+    """Touch the job's ``heartbeat_at`` every ``job_heartbeat_s`` while this process runs it.
+
+    The maintenance task re-sends a running job whose heartbeat is older than
+    ``job_heartbeat_timeout_s``: a SIGKILLed or lost worker's job runs again within minutes, not
+    after the hard time limit. Torch releases the GIL, so the beat keeps time during a forward.
+    """
+    if not enabled:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(runtime.settings.job_heartbeat_s):
+            try:
+                with session_scope(runtime.database_url) as s:
+                    if not repo.touch_heartbeat(s, job_id):
+                        return
+            except Exception:
+                log.warning("job %s: heartbeat not recorded", job_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def _fail_active(runtime, job_id: str, code: str, message: str) -> None:
@@ -115,47 +150,85 @@ def index_reference(self, reference_id: str) -> str:
 
 
 @app.task(name="pikfix.ingest_archive", bind=True, acks_late=True, reject_on_worker_lost=True)
-def ingest_archive(self, batch_id: str, archive_key: str) -> dict[str, int]:
-    """Unpack an uploaded zip into content-addressed originals and one queued job per photo."""
+def ingest_archive(self, archive_id: str) -> dict[str, int]:
+    """Unpack an accepted zip into content-addressed originals and one queued job per photo.
+
+    The archive is streamed from storage to a temporary file (archives may be larger than memory). A
+    member that is not a usable photo becomes a failed job with its reason; a refused archive as a
+    whole becomes one. The batch is never submitted here: that is the client's call, and a submitted
+    batch waits for its pending archives before it can finish.
+    """
     runtime = get_runtime()
     settings = runtime.settings
     try:
         with session_scope(runtime.database_url) as s:
-            batch = repo.get_batch_any_tenant(s, batch_id)
-            if batch is None or batch.status != "open":
-                return {"created": 0, "skipped": 0}
-            tenant_id, options = batch.tenant_id, dict(batch.options or {})
-        data = runtime.store.get_bytes(archive_key)
-        created = skipped = 0
-        try:
-            for item in iter_images(
-                io.BytesIO(data),
-                max_members=settings.max_archive_members,
-                max_total_bytes=settings.max_archive_uncompressed_bytes,
-                max_ratio=settings.max_archive_ratio,
-                max_member_bytes=settings.max_upload_bytes,
-            ):
-                if isinstance(item, Member):
-                    ext = os.path.splitext(item.name)[1].lower()
-                    key, sha, _ = put_content_addressed(runtime.store, tenant_id, item.data, ext, kind="original")
-                    with session_scope(runtime.database_url) as s:
-                        repo.create_job_once(
-                            s, tenant_id, batch_id, key, sha, item.name, len(item.data), options
-                        )
-                    created += 1
-                else:
-                    skipped += 1
-                    with session_scope(runtime.database_url) as s:
-                        repo.create_failed_job(
-                            s, tenant_id, batch_id, archive_key, item.name, repo.SKIPPED_MEMBER, item.reason
-                        )
-        except ArchiveError as exc:
-            with session_scope(runtime.database_url) as s:
-                repo.create_failed_job(s, tenant_id, batch_id, archive_key, archive_key.rsplit("/", 1)[-1],
-                                       exc.code, exc.message)
-        with session_scope(runtime.database_url) as s:
-            repo.submit_batch(s, tenant_id, batch_id)
-        dispatch_tenant(runtime, tenant_id)
-        return {"created": created, "skipped": skipped}
+            archive = repo.get_archive_any_tenant(s, archive_id)
+            if archive is None or archive.status != "pending":
+                return {"created": 0, "refused": 0}
+            tenant_id, batch_id, key, name = archive.tenant_id, archive.batch_id, archive.object_key, archive.name
+        with tempfile.TemporaryFile(prefix="pikfix-archive-") as spool:
+            try:
+                with runtime.store.open_stream(key) as source:
+                    shutil.copyfileobj(source, spool, 1 << 20)
+            except ObjectNotFound:
+                return _finish_archive(runtime, archive_id, 0, 0, "archive_missing", "the archive is no longer in storage")
+            spool.seek(0)
+            return _ingest_members(runtime, settings, archive_id, tenant_id, batch_id, key, name, spool)
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries), max_retries=MAX_TRANSIENT_RETRIES) from exc
+
+
+def _ingest_members(runtime, settings, archive_id, tenant_id, batch_id, key, name, spool) -> dict[str, int]:
+    created = refused = 0
+    cancelled = False
+    try:
+        for item in iter_images(
+            spool,
+            max_members=settings.max_archive_members,
+            max_total_bytes=settings.max_archive_uncompressed_bytes,
+            max_ratio=settings.max_archive_ratio,
+            max_member_bytes=settings.max_upload_bytes,
+        ):
+            stored = None
+            if isinstance(item, Member):
+                ext = os.path.splitext(item.name)[1].lower()
+                stored = put_content_addressed(runtime.store, tenant_id, item.data, ext, kind="original")
+            with session_scope(runtime.database_url) as s:
+                locked = repo.lock_archive_for_ingest(s, archive_id)
+                if locked is None:  # another delivery finished it
+                    return {"created": created, "refused": refused}
+                if locked[1].status == "cancelled":
+                    cancelled = True
+                    break
+                if stored is not None:
+                    member_key, sha, _ = stored
+                    repo.create_job_once(s, tenant_id, batch_id, member_key, sha, item.name, len(item.data))
+                    created += 1
+                else:
+                    repo.create_failed_job(s, tenant_id, batch_id, key, item.name, repo.SKIPPED_MEMBER, item.reason)
+                    refused += 1
+    except ArchiveError as exc:
+        with session_scope(runtime.database_url) as s:
+            repo.create_failed_job(s, tenant_id, batch_id, key, name, exc.code, exc.message)
+        return _finish_archive(runtime, archive_id, created, refused, exc.code, exc.message)
+    if cancelled:
+        return _finish_archive(runtime, archive_id, created, refused, "batch_cancelled",
+                               "the batch was cancelled before the archive was unpacked")
+    if created + refused == 0:
+        message = "the archive holds no files"
+        with session_scope(runtime.database_url) as s:
+            repo.create_failed_job(s, tenant_id, batch_id, key, name, "archive_empty", message)
+        return _finish_archive(runtime, archive_id, 0, 0, "archive_empty", message)
+    return _finish_archive(runtime, archive_id, created, refused)
+
+
+def _finish_archive(runtime, archive_id: str, created: int, refused: int,
+                    code: str | None = None, message: str | None = None) -> dict[str, int]:
+    with session_scope(runtime.database_url) as s:
+        repo.finish_archive(s, archive_id, created, refused, code, message)
+        tenant_id = repo.get_archive_any_tenant(s, archive_id).tenant_id
+    try:
+        dispatch_tenant(runtime, tenant_id)
+    except KombuOperationalError:
+        log.warning("could not dispatch the archive's jobs; the maintenance task will", exc_info=True)
+    return {"created": created, "refused": refused}

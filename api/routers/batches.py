@@ -1,13 +1,15 @@
 """Batches: an album of photos restored with one set of options, uploaded three ways.
 
 1. ``POST /v1/batches/{id}/photos``: multipart, many files per request; jobs are queued at once.
-2. ``POST /v1/batches/{id}/archive``: one zip, stored and unpacked by the ingest task, which then
-   submits the batch.
+2. ``POST /v1/batches/{id}/archive``: one zip, recorded as a pending archive and unpacked by the
+   ingest task into jobs.
 3. ``POST /v1/batches/{id}/uploads`` gives presigned PUT URLs (S3 only); the client uploads straight to
-   the object store, and ``POST /v1/batches/{id}/submit`` turns those objects into jobs.
+   the object store, and ``POST /v1/batches/{id}/submit`` turns those objects into jobs (``.zip``
+   uploads into pending archives).
 
-A batch is ``open`` until submitted; jobs are sent to the workers right after the commit that
-creates them (metered per tenant), so processing starts while the client is still uploading.
+A batch is ``open`` until the client submits it; it then finishes when its last job does and no
+archive is left to unpack. Jobs are sent to the workers right after the commit that creates them
+(metered per tenant), so processing starts while the client is still uploading.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from api.schemas import (
     PHOTOS_UPLOAD_BODY,
     ArchiveAccepted,
     ArchiveInfo,
+    ArchiveList,
+    ArchiveOut,
     BatchCancelled,
     BatchCreate,
     BatchOut,
@@ -50,6 +54,7 @@ from api.uploads import (
     archive_key,
     check_and_store_images,
     inspect_archive,
+    is_archive_name,
     read_multipart,
     refuse_all,
     stage_stream,
@@ -57,7 +62,7 @@ from api.uploads import (
 )
 from db import repository as repo
 from db.api_queries import get_jobs, list_batches_page, status_counts_for_batches
-from db.models import Batch
+from db.models import Batch, InvalidTransition, NotFound
 from pikfix.netpolicy import WebhookTargetError, check_url_syntax
 from pikfix.storage import ObjectNotFound, safe_filename, upload_key
 
@@ -93,7 +98,7 @@ def batch_out(s, batch: Batch) -> BatchOut:
         counts=p.counts, total=p.total, done=p.done, done_fraction=p.done_fraction,
         throughput_per_min=p.throughput_per_min, eta_s=p.eta_s,
     )
-    return BatchOut.from_row(batch, progress)
+    return BatchOut.from_row(batch, progress, repo.pending_archive_count(s, batch.id))
 
 
 def load_batch(ctx: ApiContext, tenant_id: str, batch_id: str) -> BatchOut:
@@ -116,24 +121,28 @@ def require_open_batch(ctx: ApiContext, tenant_id: str, batch_id: str) -> None:
 
 
 def _create_jobs(ctx: ApiContext, tenant_id: str, batch_id: str, images: list[CheckedImage],
-                 submit: bool = False) -> list[str]:
-    """Queue one job per stored image (and optionally close the batch) in one transaction."""
+                 submit: bool = False, archives: list[tuple[str, str, int]] = ()) -> tuple[list[str], list[str]]:
+    """Queue one job per stored image, record ``(name, key, bytes)`` archives as pending and optionally
+    close the batch, in one transaction; returns the job and archive ids."""
     with ctx.session() as s:
-        batch = repo.get_batch(s, tenant_id, batch_id)
-        if batch is None:
-            raise not_found("batch")
-        if batch.status != "open":  # submitted or cancelled while the files were arriving
-            raise ApiError(409, "batch_not_open", f"batch is {batch.status}; only open batches take new photos")
+        try:  # locked: a submit arriving meanwhile waits, then counts these jobs
+            repo.lock_open_batch(s, tenant_id, batch_id, exclusive=submit)
+        except NotFound as exc:
+            raise not_found("batch") from exc
+        except InvalidTransition as exc:  # submitted or cancelled while the files were arriving
+            raise ApiError(409, "batch_not_open", str(exc)) from exc
         ids = [
             repo.create_job(s, tenant_id, batch_id, img.key, img.staged.sha256, img.staged.name,
                             img.staged.size).id
             for img in images
         ]
+        archive_ids = [repo.add_archive(s, tenant_id, batch_id, name, key, size).id for name, key, size in archives]
         if submit:
-            if not ids and not sum(repo.batch_status_counts(s, batch_id).values()):
+            if not (ids or sum(repo.batch_status_counts(s, batch_id).values())
+                    or repo.pending_archive_count(s, batch_id)):
                 raise ApiError(422, "batch_empty", "the batch has no photos; upload some before submitting")
             repo.submit_batch(s, tenant_id, batch_id)
-    return ids
+    return ids, archive_ids
 
 
 def _jobs_out(ctx: ApiContext, tenant_id: str, job_ids: list[str]) -> list[JobOut]:
@@ -177,7 +186,8 @@ def list_batches(
     with ctx.session(readonly=True) as s:
         batches, next_cursor = list_batches_page(s, principal.tenant_id, cursor, limit)
         counts = status_counts_for_batches(s, [b.id for b in batches])
-        items = [BatchOut.from_row(b, _progress_from_counts(counts[b.id])) for b in batches]
+        pending = repo.pending_archive_counts(s, [b.id for b in batches])
+        items = [BatchOut.from_row(b, _progress_from_counts(counts[b.id]), pending.get(b.id, 0)) for b in batches]
     return BatchPage(items=items, next_cursor=next_cursor)
 
 
@@ -218,7 +228,7 @@ def _store_photos(ctx: ApiContext, principal: Principal, batch_id: str,
     images, rejected = check_and_store_images(ctx.store, principal.tenant_id, files, ctx.settings.max_image_pixels)
     if not images:
         raise refuse_all(rejected)
-    return _create_jobs(ctx, principal.tenant_id, batch_id, images), rejected
+    return _create_jobs(ctx, principal.tenant_id, batch_id, images)[0], rejected
 
 
 @router.post(
@@ -256,8 +266,21 @@ def _store_archive(ctx: ApiContext, principal: Principal, batch_id: str, staged:
     )
     key = archive_key(principal.tenant_id, batch_id, staged.name)
     ctx.store.put_stream(key, staged.rewind(), content_type="application/zip")
-    ctx.send_ingest(batch_id, key)
-    return ArchiveInfo(name=staged.name, bytes=staged.size, members=members)
+    archive_id = _accept_archive(ctx, principal.tenant_id, batch_id, staged.name, key, staged.size)
+    ctx.send_ingest(archive_id)
+    return ArchiveInfo(id=archive_id, name=staged.name, bytes=staged.size, members=members)
+
+
+def _accept_archive(ctx: ApiContext, tenant_id: str, batch_id: str, name: str, key: str, size: int) -> str:
+    """The archive's pending row, committed before its ingest task is sent; 409 if the batch closed."""
+    try:
+        with ctx.session() as s:
+            return repo.add_archive(s, tenant_id, batch_id, name, key, size).id
+    except InvalidTransition as exc:
+        ctx.store.delete(key)
+        raise ApiError(409, "batch_not_open", str(exc)) from exc
+    except NotFound as exc:
+        raise not_found("batch") from exc
 
 
 @router.post(
@@ -275,8 +298,11 @@ async def add_archive(
     ctx: ApiContext = Depends(get_context),
 ) -> ArchiveAccepted:
     """One zip (multipart ``file``), checked from its directory (member count, sizes, compression
-    ratio), stored, and unpacked by the ingest task, which creates a job per photo and submits the
-    batch. The archive may be as large as a whole request (``max_request_bytes``)."""
+    ratio, at least one photo), stored, and unpacked by the ingest task, which creates a job per photo
+    (a refused member becomes a failed job with its reason). A batch takes any number of archives and
+    photos until it is submitted; a submitted batch finishes only after its archives are unpacked.
+    The archive may be as large as a whole request (``max_request_bytes``); larger ones go through
+    presigned uploads (a ``.zip`` name) and ``submit``."""
     await run_in_threadpool(require_open_batch, ctx, principal.tenant_id, batch_id)
     limits = MultipartLimits(max_file_bytes=ctx.settings.max_request_bytes, max_files=1, max_fields=0)
     with await read_multipart(request, limits) as form:
@@ -284,6 +310,20 @@ async def add_archive(
         info = await run_in_threadpool(_store_archive, ctx, principal, batch_id, files[0])
     batch = await run_in_threadpool(load_batch, ctx, principal.tenant_id, batch_id)
     return ArchiveAccepted(batch=batch, archive=info)
+
+
+@router.get("/{batch_id}/archives", response_model=ArchiveList, responses=error_responses(401, 404),
+            summary="A batch's archives and how their unpacking went")
+def list_archives(
+    batch_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> ArchiveList:
+    """Every archive accepted into the batch: ``pending`` until unpacked, then ``ingested`` (with the jobs
+    created and members refused) or ``failed`` with its error."""
+    checked_id(batch_id, "batch")
+    with ctx.session(readonly=True) as s:
+        if repo.get_batch(s, principal.tenant_id, batch_id) is None:
+            raise not_found("batch")
+        return ArchiveList(items=[ArchiveOut.from_row(a) for a in repo.list_batch_archives(s, batch_id)])
 
 
 @router.post(
@@ -337,11 +377,14 @@ def _submit(ctx: ApiContext, principal: Principal, batch_id: str, names: list[st
     tenant_id = principal.tenant_id
     require_open_batch(ctx, tenant_id, batch_id)
     uploads = _staged_uploads(ctx, tenant_id, batch_id, names)
+    archives = [(name, key, ctx.store.size(key)) for key, name in uploads if is_archive_name(name)]
     images: list[CheckedImage] = []
     rejected: list[Rejected] = []
     staged_files: list[StagedFile] = []
     try:
         for key, name in uploads:
+            if is_archive_name(name):
+                continue
             try:
                 with ctx.store.open_stream(key) as source:
                     staged = stage_stream(source, name, ctx.settings.max_upload_bytes)
@@ -354,17 +397,22 @@ def _submit(ctx: ApiContext, principal: Principal, batch_id: str, names: list[st
             good, bad = check_and_store_images(ctx.store, tenant_id, [staged], ctx.settings.max_image_pixels)
             images += good
             rejected += bad
-        _create_jobs(ctx, tenant_id, batch_id, images, submit=True)
+        _, archive_ids = _create_jobs(ctx, tenant_id, batch_id, images, submit=True, archives=archives)
     finally:
         for staged in staged_files:
             staged.close()
-    for key, _ in uploads:  # registered (copied to content-addressed originals) or refused: either way done
+    for key, name in uploads:  # photos were copied to content-addressed originals or refused: done with
+        if is_archive_name(name):
+            continue  # the ingest task reads it from here
         try:
             ctx.store.delete(key)
         except Exception:
             log.warning("could not delete staged upload %s", key, exc_info=True)
+    for archive_id in archive_ids:  # the batch is submitted already: a lost send is the sweep's to redo
+        ctx.send_ingest(archive_id, strict=False)
     ctx.dispatch(tenant_id)
-    return SubmitOut(batch=load_batch(ctx, tenant_id, batch_id), registered=len(images), rejected=rejected)
+    return SubmitOut(batch=load_batch(ctx, tenant_id, batch_id), registered=len(images),
+                     archives=len(archive_ids), rejected=rejected)
 
 
 @router.post(

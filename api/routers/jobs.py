@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import PurePosixPath
 
 from fastapi import APIRouter, Depends, Request
@@ -136,9 +137,9 @@ async def create_job(
         job_id, to_index = await run_in_threadpool(
             _create_job, ctx, principal, files[0], refs[0] if refs else None, options
         )
+    await run_in_threadpool(partial(ctx.dispatch, principal.tenant_id, must_send=job_id))
     if to_index:
         await run_in_threadpool(ctx.send_index, to_index)
-    await run_in_threadpool(ctx.dispatch, principal.tenant_id)
     return await run_in_threadpool(load_job, ctx, principal.tenant_id, job_id)
 
 

@@ -181,7 +181,7 @@ def test_request_size_limits(api):
 # --------------------------------------------------------------------------- archive
 
 
-def test_archive_is_unpacked_submitted_and_reported(api):
+def test_archives_and_photos_share_a_batch_until_the_client_submits(api):
     batch = new_batch(api, options={"reference_mode": "none"})
     archive = zip_bytes({
         "scans/one.png": png_bytes(seed=3),
@@ -193,20 +193,42 @@ def test_archive_is_unpacked_submitted_and_reported(api):
                         files={"file": ("album.zip", archive, "application/zip")})
     assert r.status_code == 202, r.text
     body = r.json()
-    assert body["archive"] == {"name": "album.zip", "bytes": len(archive), "members": 4}
-    after = body["batch"]  # eager: ingested, submitted, run and finished inside the request
-    assert after["status"] == "finished"
-    assert after["progress"]["counts"]["succeeded"] == 2
+    assert body["archive"]["name"] == "album.zip" and body["archive"]["members"] == 4
+    assert body["archive"]["bytes"] == len(archive)
+    assert body["batch"]["status"] == "open"  # unpacking never submits: the client does
+    # A second archive and loose photos still go into the same batch.
+    second = zip_bytes({"more/three.png": png_bytes(seed=5)})
+    r = api.client.post(f"/v1/batches/{batch['id']}/archive", headers=api.a,
+                        files={"file": ("more.zip", second, "application/zip")})
+    assert r.status_code == 202, r.text
+    r = api.client.post(f"/v1/batches/{batch['id']}/photos", headers=api.a, files=photos(("four.png", png_bytes())))
+    assert r.status_code == 201, r.text
+    archives = api.client.get(f"/v1/batches/{batch['id']}/archives", headers=api.a).json()["items"]
+    assert [(a["name"], a["status"], a["created_jobs"], a["refused_members"]) for a in archives] == [
+        ("album.zip", "ingested", 2, 2), ("more.zip", "ingested", 1, 0)]
+
+    submitted = api.client.post(f"/v1/batches/{batch['id']}/submit", headers=api.a)
+    assert submitted.status_code == 200, submitted.text
+    after = api.client.get(f"/v1/batches/{batch['id']}", headers=api.a).json()
+    assert after["status"] == "finished" and after["total_jobs"] == 6 and after["pending_archives"] == 0
+    assert {k: v for k, v in after["progress"]["counts"].items() if v} == {"succeeded": 4, "failed": 2}
     jobs = api.client.get(f"/v1/batches/{batch['id']}/jobs", headers=api.a, params={"status": "succeeded"}).json()
-    # Members outside the archive's root ("../escape.png") and non-images are skipped.
-    assert sorted(j["input_name"].rsplit("/", 1)[-1] for j in jobs["items"]) == ["one.png", "two.jpg"]
+    # Members outside the archive's root ("../escape.png") and non-images are refused, with a reason.
+    assert sorted(j["input_name"].rsplit("/", 1)[-1] for j in jobs["items"]) == [
+        "four.png", "one.png", "three.png", "two.jpg"]
+    refused = api.client.get(f"/v1/batches/{batch['id']}/jobs", headers=api.a, params={"status": "failed"}).json()
+    assert {j["input_name"]: j["error"]["code"] for j in refused["items"]} == {
+        "readme.txt": "skipped_member", "../escape.png": "skipped_member"}
 
     report = api.client.get(after["report_url"], headers=api.a)
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
     assert "one.png" in report.text
     assert "default-src 'none'" in report.headers["content-security-policy"]
-    # A finished batch takes no more photos.
+    # A finished batch takes no more photos or archives.
     r = api.client.post(f"/v1/batches/{batch['id']}/photos", headers=api.a, files=photos(("c.png", png_bytes())))
+    assert error_of(r) == (409, "batch_not_open")
+    r = api.client.post(f"/v1/batches/{batch['id']}/archive", headers=api.a,
+                        files={"file": ("late.zip", second, "application/zip")})
     assert error_of(r) == (409, "batch_not_open")
 
 
@@ -218,8 +240,10 @@ def test_archive_is_unpacked_submitted_and_reported(api):
         (zip_bytes({f"p{i}.png": b"x" for i in range(51)}), 413, "archive_too_many_members"),
         (zip_bytes({"zeros.png": b"\x00" * 400_000}), 422, "zip_bomb"),
         (b"", 422, "empty_file"),
+        (zip_bytes({}), 422, "archive_empty"),
+        (zip_bytes({"notes.txt": b"no photos here"}), 422, "archive_empty"),
     ],
-    ids=["png", "broken-zip", "too-many", "bomb", "empty"],
+    ids=["png", "broken-zip", "too-many", "bomb", "empty", "no-members", "no-photos"],
 )
 def test_bad_archives_are_refused_before_storing(api, archive, status, code):
     batch = new_batch(api)

@@ -99,8 +99,9 @@ def test_readyz_does_not_hang_on_a_silent_broker(tmp_path, shared_models):
 
 
 def test_broker_outage(tmp_path, shared_models):
-    """Jobs are committed first: with the broker down they are accepted and wait, queued, for the
-    maintenance task; uploads nothing in the database remembers (archives, references) answer 503."""
+    """With the broker down nothing is marked sent that the broker did not take. A single upload is
+    withdrawn and answered 503 for the client to retry; a batch's photos are accepted and wait unsent
+    for the next dispatch; an archive is withdrawn and answered 503."""
     url = f"sqlite:///{tmp_path / 'api.db'}"
     upgrade(url)
     tenant_id, key = tenant_with_key(url, "bureau")
@@ -108,16 +109,24 @@ def test_broker_outage(tmp_path, shared_models):
     with app_with(tmp_path, shared_models, broker_url=f"redis://127.0.0.1:{free_port()}/0") as client:
         start = time.monotonic()
         r = client.post("/v1/jobs", headers=headers, files={"file": ("a.png", png_bytes(), "image/png")})
-        assert r.status_code == 202 and r.json()["status"] == "queued"
+        assert error_of(r) == (503, "broker_unavailable") and r.headers["retry-after"]
         assert time.monotonic() - start < 20
         with session_scope(url) as s:
-            assert repo.get_job(s, tenant_id, r.json()["id"]).status == "queued"
+            assert sum(repo.jobs_by_status(s).values()) == 0
         r = client.post("/v1/references", headers=headers, files={"files": ("c.jpg", jpeg_bytes(), "image/jpeg")})
         assert error_of(r) == (503, "broker_unavailable") and r.headers["retry-after"]
         batch = client.post("/v1/batches", headers=headers, json={"name": "b"}).json()
+        r = client.post(f"/v1/batches/{batch['id']}/photos", headers=headers,
+                        files={"files": ("b.png", png_bytes(), "image/png")})
+        assert r.status_code == 201, r.text
+        with session_scope(url) as s:
+            job = repo.get_job(s, tenant_id, r.json()["jobs"][0]["id"])
+            assert job.status == "queued" and job.sent_at is None  # the next dispatch sends it
         r = client.post(f"/v1/batches/{batch['id']}/archive", headers=headers,
                         files={"file": ("a.zip", zip_bytes({"a.png": png_bytes()}), "application/zip")})
         assert error_of(r) == (503, "broker_unavailable")
+        with session_scope(url) as s:
+            assert repo.list_batch_archives(s, batch["id"]) == []
 
 
 # --------------------------------------------------------------------------- metrics

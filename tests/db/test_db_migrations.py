@@ -16,6 +16,7 @@ from db.models import Base
 from db.session import dispose_engine, get_engine
 
 TABLES = {
+    "archives",
     "tenants",
     "api_keys",
     "batches",
@@ -42,7 +43,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_to_head_matches_the_models_and_downgrade_to_base_empties(empty_url: str) -> None:
     assert migrate.current_revision(empty_url) is None
     migrate.upgrade(empty_url)
-    assert migrate.current_revision(empty_url) == migrate.head_revision() == "0001"
+    assert migrate.current_revision(empty_url) == migrate.head_revision() == "0002"
     assert migrate.is_up_to_date(empty_url)
     assert _tables(empty_url) == TABLES | {"alembic_version"}
     with get_engine(empty_url).connect() as conn:
@@ -97,4 +98,4 @@ def test_services_migrating_at_the_same_time_do_not_collide(empty_url: str) -> N
     ]
     failures = [p.stderr.read() for p in procs if p.wait(timeout=120) != 0]
     assert failures == []
-    assert migrate.current_revision(empty_url) == "0001"
+    assert migrate.current_revision(empty_url) == migrate.head_revision()

@@ -57,7 +57,7 @@ def test_operator_commands(sqlite_url: str, capsys: pytest.CaptureFixture[str]) 
     assert "pikfix db upgrade" in capsys.readouterr().err
 
     assert cli.upgrade_command(_args(sqlite_url, revision="head")) == 0
-    assert "0001" in capsys.readouterr().out
+    assert "0002" in capsys.readouterr().out
 
     assert cli.tenants_create_command(_args(sqlite_url, name="acme")) == 0
     tenant_id = capsys.readouterr().out.strip()
