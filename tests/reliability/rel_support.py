@@ -189,6 +189,31 @@ class RelCluster:
             name="beat",
         )
 
+    def start_api(self, extra_env: dict[str, str] | None = None) -> str:
+        """``pikfix api`` (one uvicorn worker) on a free port; returns and remembers its base URL."""
+        import httpx
+        from fixtures.processes import free_port
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        self.processes.start([*cli_command(), "api", "--workers", "1", "--port", str(port)],
+                             env=self.worker_env(extra_env), ready=answers, cwd=REPO_ROOT, timeout=120, name="api")
+        self.api_url = url
+        return url
+
+    def api_key(self, tenant_id: str) -> dict[str, str]:
+        """Authorization headers with a fresh API key of the tenant."""
+        with session_scope(self.database_url) as s:
+            plaintext, _ = repo.create_api_key(s, tenant_id)
+        return {"Authorization": f"Bearer {plaintext}"}
+
     def logs(self) -> str:
         return "\n".join(w.log_text() for w in self.workers)
 

@@ -326,7 +326,9 @@ def test_poison_corpus_ends_in_clear_errors_or_correct_results(cluster) -> None:
         key = upload_key(tenant, archive_batch, archive.name)
         cluster.store.put_bytes(key, archive.data, content_type="application/zip")
         archive_batches[archive_batch] = archive
-        cluster.send("pikfix.ingest_archive", archive_batch, key)
+        with session_scope(cluster.database_url) as s:
+            archive_id = repo.add_archive(s, tenant, archive_batch, archive.name, key, len(archive.data)).id
+        cluster.send("pikfix.ingest_archive", archive_id)
     cluster.dispatch()
 
     total = len(corpus) + sum(len(a.expect) for a in archives)

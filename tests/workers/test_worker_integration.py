@@ -303,6 +303,11 @@ def test_batch_is_restored_by_the_worker(cluster: Cluster) -> None:
         assert cand.source == "fallback" and not cand.used and cand.reference_id is None
     assert sorted(k.split("/")[2] for k in cluster.result_keys(tenant)) == sorted(ids)
 
+    with session_scope(cluster.database_url) as s:
+        assert (archive_row := repo.get_archive_any_tenant(s, archive_id)).created_jobs == 2
+        assert archive_row.refused_members == 3
+        assert repo.get_batch(s, tenant, batch_id).status == "open"  # only the client submits
+        repo.submit_batch(s, tenant, batch_id)
     cluster.send("pikfix.maintenance.finish_batches")
     html_key = report_key(tenant, batch_id)
     wait_for(lambda: cluster.store.exists(html_key), 60, "the batch report")
@@ -378,14 +383,16 @@ def test_ingest_archive_creates_jobs_and_records_skipped_members(cluster: Cluste
         batch_id = repo.create_batch(s, tenant, "uploaded album", {"reference_mode": "none"}).id
     key = upload_key(tenant, batch_id, "album.zip")
     cluster.store.put_bytes(key, archive, content_type="application/zip")
-    cluster.send("pikfix.ingest_archive", batch_id, key)
+    with session_scope(cluster.database_url) as s:
+        archive_id = repo.add_archive(s, tenant, batch_id, "album.zip", key, len(archive)).id
+    cluster.send("pikfix.ingest_archive", archive_id)
 
     def ingested() -> list[Job] | None:
         with session_scope(cluster.database_url, readonly=True) as s:
-            batch = repo.get_batch(s, tenant, batch_id)
+            archive_row = repo.get_archive_any_tenant(s, archive_id)
             jobs = list(repo.iter_batch_jobs(s, batch_id))
             s.expunge_all()
-        return jobs if batch.status != "open" and len(jobs) == 5 else None
+        return jobs if archive_row.status == "ingested" and len(jobs) == 5 else None
 
     jobs = {j.input_name: j for j in wait_for(ingested, JOB_TIMEOUT_S, "the archive to be ingested", 0.25)}
     assert set(jobs) == {"album/one.jpg", "album/two.png", "../evil.jpg", "album/link.jpg", "album/notes.txt"}
@@ -405,6 +412,11 @@ def test_ingest_archive_creates_jobs_and_records_skipped_members(cluster: Cluste
     # Only the two photos were stored as originals; the refused members never reached storage.
     assert len(cluster.store.list_keys(f"{tenant}/originals/")) == 2
 
+    with session_scope(cluster.database_url) as s:
+        assert (archive_row := repo.get_archive_any_tenant(s, archive_id)).created_jobs == 2
+        assert archive_row.refused_members == 3
+        assert repo.get_batch(s, tenant, batch_id).status == "open"  # only the client submits
+        repo.submit_batch(s, tenant, batch_id)
     cluster.send("pikfix.maintenance.finish_batches")
     html_key = report_key(tenant, batch_id)
     wait_for(lambda: cluster.store.exists(html_key), 60, "the batch report")
