@@ -155,11 +155,12 @@ def test_full_flow_over_http(service_env, process_group, tmp_path):
         assert r.status_code == 201, r.text
         assert http.post(f"/v1/batches/{b1['id']}/submit").status_code == 200
 
-        # 2. One zip archive, unpacked by the ingest task (which submits the batch).
+        # 2. One zip archive, unpacked by the ingest task; the client submits (the batch then waits for it).
         b2 = http.post("/v1/batches", json={"name": "zip", "options": {"reference_mode": "none"}}).json()
         archive = zip_bytes({"z/z1.png": png_bytes(64, 64, seed=3), "z/z2.png": png_bytes(80, 48, seed=4)})
         r = http.post(f"/v1/batches/{b2['id']}/archive", files={"file": ("album.zip", archive, "application/zip")})
         assert r.status_code == 202, r.text
+        assert http.post(f"/v1/batches/{b2['id']}/submit").status_code == 200
 
         # 3. Presigned PUTs straight to the object store, then submit.
         b3 = http.post("/v1/batches", json={"name": "presigned", "options": {"reference_mode": "none",
