@@ -7,7 +7,9 @@ is created only by the migrations (``pikfix db upgrade`` or :func:`db.migrate.up
 
 from __future__ import annotations
 
-from db.batches import *  # noqa: F403  (each query module lists its public functions in __all__)
+from db.archives import *  # noqa: F403  (each query module lists its public functions in __all__)
+from db.archives import __all__ as _archives
+from db.batches import *  # noqa: F403
 from db.batches import __all__ as _batches
 from db.jobs import *  # noqa: F403
 from db.jobs import __all__ as _jobs
@@ -65,6 +67,7 @@ __all__ = [
     "make_sessionmaker",
     "session_scope",
     "utcnow",
+    *_archives,
     *_batches,
     *_jobs,
     *_references,

@@ -85,9 +85,9 @@ def test_operator_commands(sqlite_url: str, capsys: pytest.CaptureFixture[str]) 
 
 def test_the_package_exports_every_query() -> None:
     import db
-    from db import batches, jobs, references, repository, tenants, workflow
+    from db import archives, batches, jobs, references, repository, tenants, workflow
 
-    modules = (batches, jobs, references, tenants, workflow)
+    modules = (archives, batches, jobs, references, tenants, workflow)
     expected = set().union(*(m.__all__ for m in modules))
     assert set(repository.__all__) == expected
     assert expected | {"session_scope", "get_engine", "Job", "NotFound"} <= set(db.__all__)
