@@ -257,7 +257,8 @@ def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
 
 
 def finish_batches(s: Session) -> list[Batch]:
-    """Mark submitted batches with no active job and no archive left to unpack as finished; returns those this call finished.
+    """Mark submitted batches with no active job and no archive left to unpack as finished; returns
+    those this call finished.
 
     One compare-and-set statement, so two maintenance runs never both finish (and both notify) the
     same batch.

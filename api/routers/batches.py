@@ -15,6 +15,7 @@ archive is left to unpack. Jobs are sent to the workers right after the commit t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request
@@ -121,7 +122,7 @@ def require_open_batch(ctx: ApiContext, tenant_id: str, batch_id: str) -> None:
 
 
 def _create_jobs(ctx: ApiContext, tenant_id: str, batch_id: str, images: list[CheckedImage],
-                 submit: bool = False, archives: list[tuple[str, str, int]] = ()) -> tuple[list[str], list[str]]:
+                 submit: bool = False, archives: Sequence[tuple[str, str, int]] = ()) -> tuple[list[str], list[str]]:
     """Queue one job per stored image, record ``(name, key, bytes)`` archives as pending and optionally
     close the batch, in one transaction; returns the job and archive ids."""
     with ctx.session() as s:
