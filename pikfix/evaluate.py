@@ -2,7 +2,8 @@
 
 For each colour photo: degrade it with a fixed per-photo seed (``pikfix.degrade``), retrieve the top-1
 reference from a separate reference folder (``pikfix.retrieval``; a file identical to the photo is
-never used as its own reference), then score against the clean photo, PSNR and SSIM on RGB:
+never used as its own reference), then score against the clean photo: PSNR and SSIM on RGB, the mean
+CIEDE2000 colour difference, and the mean signed a* and b* errors (a colour cast shows as a bias):
 
 * ``model``: Pik-Fix restoring and colourizing the degraded photo with that reference;
 * ``grey``: the degraded photo itself, no colour, no restoration;
@@ -12,6 +13,10 @@ never used as its own reference), then score against the clean photo, PSNR and S
 Also the luminance PSNR of the degraded input and of the model's restored luminance against the
 clean photo's (CIE L/100): the restoration gain in dB. Nothing here depends on the results; settings
 are fixed before anything is measured.
+
+``--upscale K`` scans the degraded print at K times its size (bicubic), restores at that size and scales
+the output back for the metrics: damage is then K times wider in pixels, as on a high-resolution scan.
+``--against CHECKPOINT`` evaluates a second checkpoint on the same photos and says which one wins.
 
 ``--ship-to PATH`` turns the evaluated checkpoint into the shipped one: it writes an fp16 copy,
 evaluates that copy on the same photos, refuses if it lost more than ``--ship-tolerance`` dB of mean
@@ -36,11 +41,12 @@ import torch
 import torch.nn.functional as F
 
 from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pikfix.color import rgb_to_lab_np
 from pikfix.colortransfer import reinhard_colorize
 from pikfix.datasets import DatasetError, list_photos, load_photo, split_photos
 from pikfix.degrade import degrade
 from pikfix.inference import Restorer, luminance_of
-from pikfix.metrics import psnr, ssim
+from pikfix.metrics import ciede2000, psnr, ssim
 from pikfix.retrieval import DescriptorExtractor
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,7 @@ class EvalConfig:
     device: str = "auto"
     vgg_weights: str | None = None
     threads: int | None = None
+    upscale: int = 1
 
 
 def _select(folder: str, split: str, val_fraction: float) -> list[Path]:
@@ -95,8 +102,24 @@ def _fit(rgb: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.ascontiguousarray(t[0].permute(1, 2, 0).clamp(0.0, 1.0).numpy())
 
 
-def _scores(output: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    return {"psnr": psnr(output, truth), "ssim": ssim(output, truth)}
+def _resize_to(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """(H, W[, 3]) float image resized to (h, w): bicubic to enlarge, antialiased bilinear to shrink."""
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=size, mode=mode, align_corners=False, antialias=mode == "bilinear").clamp(0.0, 1.0)
+    out = t[0, 0] if image.ndim == 2 else t[0].permute(1, 2, 0)
+    return np.ascontiguousarray(out.numpy())
+
+
+def _scores(output: np.ndarray, truth: np.ndarray, truth_lab: np.ndarray) -> dict[str, float]:
+    lab = rgb_to_lab_np(np.clip(output, 0.0, 1.0))
+    return {
+        "psnr": psnr(output, truth),
+        "ssim": ssim(output, truth),
+        "ciede2000": float(ciede2000(lab, truth_lab).mean()),
+        "cast_a": float((lab[..., 1] - truth_lab[..., 1]).mean()),
+        "cast_b": float((lab[..., 2] - truth_lab[..., 2]).mean()),
+    }
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -151,21 +174,31 @@ def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, 
         ref_name, ref_score = references.best(degraded, digest)
         reference = references.images[ref_name]
 
-        result = restorer.restore(grey_rgb, reference, reference_id=ref_name)
+        height, width = degraded.shape
+        if config.upscale > 1:
+            scan = _resize_to(grey_rgb, (height * config.upscale, width * config.upscale), "bicubic")
+            result = restorer.restore(scan, reference, reference_id=ref_name)
+            del scan
+            model_rgb = _resize_to(result.rgb, (height, width), "bilinear")
+            restored_l = _resize_to(result.restored_luminance, (height, width), "bilinear")
+        else:
+            result = restorer.restore(grey_rgb, reference, reference_id=ref_name)
+            model_rgb, restored_l = result.rgb, result.restored_luminance
         input_l = luminance_of(grey_rgb)
         truth_l = luminance_of(truth)
+        truth_lab = rgb_to_lab_np(truth)
         row = {
             "name": path.name,
             "size": [int(truth.shape[1]), int(truth.shape[0])],
             "degradation_seed": photo_seed(config.seed, path.name),
             "reference": ref_name,
             "reference_score": ref_score,
-            "model": _scores(result.rgb, truth),
-            "grey": _scores(grey_rgb, truth),
-            "reinhard": _scores(reinhard_colorize(input_l, reference), truth),
+            "model": _scores(model_rgb, truth, truth_lab),
+            "grey": _scores(grey_rgb, truth, truth_lab),
+            "reinhard": _scores(reinhard_colorize(input_l, reference), truth, truth_lab),
         }
         input_psnr = psnr(input_l, truth_l)
-        restored_psnr = psnr(result.restored_luminance, truth_l)
+        restored_psnr = psnr(restored_l, truth_l)
         row["luminance"] = {"input_psnr": input_psnr, "restored_psnr": restored_psnr,
                             "gain_db": restored_psnr - input_psnr}
         row["seconds"] = time.perf_counter() - t0
@@ -186,30 +219,65 @@ def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, 
         "images": rows,
         "mean": mean,
         "goal": {
-            "beats_grey": mean["model"]["psnr"] > mean["grey"]["psnr"] and mean["model"]["ssim"] > mean["grey"]["ssim"],
-            "beats_reinhard": mean["model"]["psnr"] > mean["reinhard"]["psnr"]
-            and mean["model"]["ssim"] > mean["reinhard"]["ssim"],
+            "beats_grey": _beats(mean["model"], mean["grey"]),
+            "beats_reinhard": _beats(mean["model"], mean["reinhard"]),
             "luminance_gain_at_least_3db": mean["luminance"]["gain_db"] >= 3.0,
+            "cast_within_3": abs(mean["model"]["cast_a"]) <= 3.0 and abs(mean["model"]["cast_b"]) <= 3.0,
         },
+    }
+
+
+def _beats(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Better on all three: higher PSNR and SSIM, lower CIEDE2000."""
+    return a["psnr"] > b["psnr"] and a["ssim"] > b["ssim"] and a["ciede2000"] < b["ciede2000"]
+
+
+def compare(candidate: dict[str, Any], incumbent: dict[str, Any]) -> dict[str, Any]:
+    """Which of two reports on the same photos is better: the candidate wins only if it beats the
+    incumbent on RGB PSNR, SSIM and CIEDE2000 together (the luminance gain is reported alongside)."""
+    if [r["name"] for r in candidate["images"]] != [r["name"] for r in incumbent["images"]]:
+        raise EvaluationError("the two reports are not on the same photos")
+    a, b = candidate["mean"], incumbent["mean"]
+    return {
+        "candidate": candidate["checkpoint"],
+        "incumbent": incumbent["checkpoint"],
+        "delta": {
+            "psnr_db": a["model"]["psnr"] - b["model"]["psnr"],
+            "ssim": a["model"]["ssim"] - b["model"]["ssim"],
+            "ciede2000": a["model"]["ciede2000"] - b["model"]["ciede2000"],
+            "luminance_gain_db": a["luminance"]["gain_db"] - b["luminance"]["gain_db"],
+        },
+        "candidate_wins": _beats(a["model"], b["model"]),
     }
 
 
 def format_report(report: dict[str, Any]) -> str:
     """A plain-text table of the per-image and mean scores."""
-    lines = [f"{'photo':32s} {'model':>14s} {'grey':>14s} {'reinhard':>14s} {'L in -> out':>16s}"]
+    lines = [f"{'photo':32s} {'model':>20s} {'grey':>20s} {'reinhard':>20s} {'L in -> out':>16s}"]
 
     def cell(scores: dict[str, float]) -> str:
-        return f"{scores['psnr']:6.2f}/{scores['ssim']:.3f}"
+        return f"{scores['psnr']:6.2f}/{scores['ssim']:.3f}/{scores['ciede2000']:5.2f}"
 
     for row in [*report["images"], {"name": "MEAN", **report["mean"]}]:
         lum = row["luminance"]
         lines.append(
-            f"{row['name'][:32]:32s} {cell(row['model']):>14s} {cell(row['grey']):>14s} "
-            f"{cell(row['reinhard']):>14s} {lum['input_psnr']:6.2f}->{lum['restored_psnr']:6.2f}"
+            f"{row['name'][:32]:32s} {cell(row['model']):>20s} {cell(row['grey']):>20s} "
+            f"{cell(row['reinhard']):>20s} {lum['input_psnr']:6.2f}->{lum['restored_psnr']:6.2f}"
         )
-    lines.append("(PSNR dB / SSIM on RGB; luminance PSNR of the degraded input and the restored luminance)")
+    lines.append("(PSNR dB / SSIM on RGB / mean CIEDE2000; luminance PSNR of the degraded input and the restored luminance)")
+    cast = report["mean"]
+    lines.append("mean signed a*/b* error: " + ", ".join(
+        f"{m} {cast[m]['cast_a']:+.2f}/{cast[m]['cast_b']:+.2f}" for m in METHODS))
     lines.append("goal: " + ", ".join(f"{k}={v}" for k, v in report["goal"].items()))
     return "\n".join(lines)
+
+
+def format_comparison(comparison: dict[str, Any], candidate: str, incumbent: str) -> str:
+    d = comparison["delta"]
+    verdict = "wins" if comparison["candidate_wins"] else "does not win"
+    return (f"{candidate} vs {incumbent}: PSNR {d['psnr_db']:+.2f} dB, SSIM {d['ssim']:+.4f}, "
+            f"CIEDE2000 {d['ciede2000']:+.2f}, luminance gain {d['luminance_gain_db']:+.2f} dB: "
+            f"{candidate} {verdict}")
 
 
 def _write_json(path: str | Path, data: dict[str, Any]) -> None:
@@ -262,6 +330,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d.device)
     parser.add_argument("--vgg-weights", default=None, help="torchvision vgg19 state_dict for retrieval")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--upscale", type=int, default=d.upscale,
+                        help="scan the degraded print at this many times its size, restore there, score at 1x")
+    parser.add_argument("--against", default=None,
+                        help="also evaluate this checkpoint on the same photos and say which of the two wins")
     parser.add_argument("--ship-to", default=None,
                         help="write an fp16 copy of --checkpoint here if it keeps quality (plus .eval.json)")
     parser.add_argument("--ship-tolerance", type=float, default=0.1, help="max mean PSNR loss of the fp16 copy, dB")
@@ -282,13 +354,21 @@ def eval_command(args: argparse.Namespace) -> int:
         device=args.device,
         vgg_weights=args.vgg_weights,
         threads=args.threads,
+        upscale=args.upscale,
     )
+    if args.upscale < 1:
+        log.error("--upscale must be 1 or more")
+        return 2
     if args.ship_to and not args.checkpoint:
         log.error("--ship-to needs --checkpoint (the trained fp32 checkpoint to ship)")
         return 2
     try:
         report = evaluate(config)
         print(format_report(report))
+        if args.against:
+            incumbent = evaluate(EvalConfig(**{**asdict(config), "checkpoint": args.against}))
+            report["against"] = compare(report, incumbent)
+            print(format_comparison(report["against"], config.checkpoint or "shipped", args.against))
         if config.out:
             _write_json(config.out, report)
         if args.ship_to:

@@ -15,7 +15,8 @@ from pikfix.cli import main
 from pikfix.color import rgb_to_lab_np
 from pikfix.colortransfer import lab_statistics, reinhard_colorize, reinhard_transfer, transfer_lab
 from pikfix.config import PikFixConfig
-from pikfix.evaluate import METHODS, photo_seed
+from pikfix.evaluate import METHODS, _scores, photo_seed
+from pikfix.metrics import ciede2000
 from pikfix.model import PikFix
 
 TINY = PikFixConfig(
@@ -118,7 +119,7 @@ def test_eval_writes_a_report_with_all_methods_and_ships_an_fp16_copy(tmp_path: 
         assert set(report["mean"][method]) == set(report["images"][0][method])
         key = "psnr" if method != "luminance" else "gain_db"
         assert report["mean"][method][key] == pytest.approx(np.mean([r[method][key] for r in report["images"]]))
-    assert set(report["goal"]) == {"beats_grey", "beats_reinhard", "luminance_gain_at_least_3db"}
+    assert set(report["goal"]) == {"beats_grey", "beats_reinhard", "luminance_gain_at_least_3db", "cast_within_3"}
     assert report["checkpoint"]["sha256"] == load_checkpoint(checkpoint).sha256
 
     # shipped copy: fp16 tensors, its own report beside it, quality within the tolerance
@@ -131,3 +132,55 @@ def test_eval_writes_a_report_with_all_methods_and_ships_an_fp16_copy(tmp_path: 
     # the same degraded inputs and references were used for both evaluations
     assert [r["reference"] for r in half_report["images"]] == [r["reference"] for r in report["images"]]
     assert half_report["images"][0]["grey"] == report["images"][0]["grey"]
+
+
+def test_ciede2000_matches_scikit_image_and_sharmas_reference_pairs() -> None:
+    from skimage.color import deltaE_ciede2000
+
+    rng = np.random.default_rng(3)
+    a = np.stack([rng.uniform(0, 100, 5000), rng.uniform(-90, 90, 5000), rng.uniform(-90, 90, 5000)], -1)
+    b = a + rng.normal(0, 8, a.shape)
+    b[:50, 1:] = 0.0  # achromatic colours: the hue conventions matter here
+    a[25:75, 1:] = 0.0
+    np.testing.assert_allclose(ciede2000(a, b), deltaE_ciede2000(a, b), atol=1e-9)
+    # Sharma, Wu and Dalal (2005), table 1, pairs 1 and 7.
+    assert ciede2000(np.array([50, 2.6772, -79.7751]), np.array([50, 0, -82.7485])) == pytest.approx(2.0425, abs=1e-4)
+    assert ciede2000(np.array([50, 0, 0]), np.array([50, -1, 2])) == pytest.approx(2.3669, abs=1e-4)
+
+
+def test_eval_colour_scores_agree_with_scikit_image() -> None:
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    truth = scene(1, (0.3, 0.7, 0.4))
+    output = np.clip(truth * np.array([1.1, 0.9, 1.0], np.float32), 0, 1)  # a magenta-ish cast
+    truth_lab = rgb_to_lab_np(truth)
+    scores = _scores(output, truth, truth_lab)
+    lab_out, lab_truth = rgb2lab(output.astype(np.float64)), rgb2lab(truth.astype(np.float64))
+    assert scores["ciede2000"] == pytest.approx(deltaE_ciede2000(lab_out, lab_truth).mean(), rel=1e-3)
+    assert scores["cast_a"] == pytest.approx((lab_out[..., 1] - lab_truth[..., 1]).mean(), abs=0.05)
+    assert scores["cast_b"] == pytest.approx((lab_out[..., 2] - lab_truth[..., 2]).mean(), abs=0.05)
+    assert scores["cast_a"] > 1.0  # more red, less green: a* rises
+
+
+def test_eval_upscale_and_against_compare_two_checkpoints_on_the_same_photos(tmp_path: Path, capsys) -> None:
+    photos, refs = tmp_path / "photos", tmp_path / "refs"
+    photos.mkdir()
+    refs.mkdir()
+    save(photos / "one.png", scene(10, (0.8, 0.5, 0.3)))
+    save(refs / "green.png", scene(13, (0.2, 0.8, 0.3)))
+    torch.manual_seed(0)
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    save_checkpoint(first, PikFix(TINY).eval(), {"training_steps": 0})
+    torch.manual_seed(1)
+    save_checkpoint(second, PikFix(TINY).eval(), {"training_steps": 0})
+    out = tmp_path / "report.json"
+    code = main(["eval", "--photos", str(photos), "--references", str(refs), "--checkpoint", str(first),
+                 "--against", str(second), "--upscale", "3", "--out", str(out), "--threads", "1"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["upscale"] == 3
+    against = report["against"]
+    assert against["incumbent"]["sha256"] == load_checkpoint(second).sha256
+    assert isinstance(against["candidate_wins"], bool)
+    assert ("wins" if against["candidate_wins"] else "does not win") in capsys.readouterr().out
+    assert main(["eval", "--photos", str(photos), "--references", str(refs), "--upscale", "0"]) == 2
