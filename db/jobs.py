@@ -514,6 +514,67 @@ def retry_job(s: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
+class JobStillRunning(InvalidTransition):
+    """The job's worker is alive (recent heartbeat): resending it would only run it twice."""
+
+
+def _release(s: Session, job_id: str, from_status: str, extra: Sequence[Any], detail: str) -> bool:
+    """Put an active job back to queued and unsent, keeping its attempt count, so the next dispatch
+    sends it again. A worker still holding it loses the race: its claim's attempt is now stale."""
+    now = utcnow()
+    values = {"sent_at": None, "worker": None, "started_at": None, "heartbeat_at": None, "updated_at": now}
+    return _transition(s, job_id, from_status, JOB_QUEUED, values, extra=extra, detail=detail) is not None
+
+
+def resend_job(s: Session, tenant_id: str | None, job_id: str, *, alive_within_s: float, force: bool = False) -> Job:
+    """Release one queued or running job to be sent again (the operator's resend).
+
+    Refused for finished jobs (``InvalidTransition``; a failed one is retried instead) and, unless
+    ``force``, for a running job whose heartbeat is younger than ``alive_within_s`` (``JobStillRunning``).
+    ``tenant_id=None`` is the operator's cross-tenant view.
+    """
+    owned = () if tenant_id is None else (Job.tenant_id == tenant_id,)
+    job = s.execute(select(Job).where(Job.id == job_id, *owned)).scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if job.status not in JOB_ACTIVE:
+        hint = "; retry a failed job instead" if job.status == JOB_FAILED else ""
+        raise InvalidTransition(f"job {job_id} is {job.status}; only queued or running jobs can be resent{hint}")
+    last_beat = job.heartbeat_at or job.started_at
+    if job.status == JOB_RUNNING and not force and last_beat is not None:
+        silent_s = (utcnow() - last_beat).total_seconds()
+        if silent_s < alive_within_s:
+            raise JobStillRunning(
+                f"job {job_id} is running on {job.worker} (heartbeat {silent_s:.0f} s ago); resend it with force "
+                "to run it again anyway"
+            )
+    if not _release(s, job_id, job.status, (*owned,), "resend requested"):
+        raise InvalidTransition(f"job {job_id} changed state meanwhile; look at it again")
+    refreshed = s.get(Job, job_id, populate_existing=True)
+    assert refreshed is not None
+    return refreshed
+
+
+def resend_stuck_batch_jobs(s: Session, tenant_id: str | None, batch_id: str, *, silent_for_s: float) -> list[str]:
+    """Release every job of a batch that looks lost: running with no heartbeat for ``silent_for_s``,
+    or sent to the broker that long ago and never started. Returns the released ids."""
+    owned = () if tenant_id is None else (Batch.tenant_id == tenant_id,)
+    if s.execute(select(Batch.id).where(Batch.id == batch_id, *owned)).first() is None:
+        raise NotFound(f"batch {batch_id} not found")
+    cut = utcnow() - timedelta(seconds=silent_for_s)
+    lost = or_(
+        and_(Job.status == JOB_RUNNING, func.coalesce(Job.heartbeat_at, Job.started_at) < cut),
+        and_(Job.status == JOB_QUEUED, Job.sent_at < cut),
+    )
+    candidates = s.execute(select(Job.id, Job.status).where(Job.batch_id == batch_id, lost).order_by(Job.id)).all()
+    # The same condition guards each release, so a job that started or beat meanwhile is left alone.
+    guard = {
+        JOB_RUNNING: (func.coalesce(Job.heartbeat_at, Job.started_at) < cut,),
+        JOB_QUEUED: (Job.sent_at < cut,),
+    }
+    return [row.id for row in candidates if _release(s, row.id, row.status, guard[row.status], "resent as stuck")]
+
+
 def forget_unsent_job(s: Session, job_id: str) -> bool:
     """Delete a job no task was ever sent for (its upload is answered 503 and retried by the client);
     False if it was sent meanwhile (it will run, so the upload stands)."""
@@ -666,5 +727,8 @@ __all__ = [
     "mark_sent",
     "normalize_options",
     "record_events",
+    "resend_job",
+    "resend_stuck_batch_jobs",
     "retry_job",
+    "JobStillRunning",
 ]

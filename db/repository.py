@@ -58,6 +58,8 @@ from db.jobs import (
     mark_sent,
     normalize_options,
     record_events,
+    resend_job,
+    resend_stuck_batch_jobs,
     retry_job,
     touch_heartbeat,
 )
@@ -160,6 +162,8 @@ __all__ = [
     "mark_sent",
     "normalize_options",
     "record_events",
+    "resend_job",
+    "resend_stuck_batch_jobs",
     "retry_job",
     "revoke_api_key",
     "set_batch_report",

@@ -1,4 +1,4 @@
-"""Single jobs: upload one photo, follow it, download its result, retry it."""
+"""Single jobs: upload one photo, follow it, download its result, retry or resend it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 from functools import partial
 from pathlib import PurePosixPath
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +24,7 @@ from api.uploads import (
 )
 from db import repository as repo
 from db.api_queries import reference_names
+from db.jobs import JobStillRunning
 from db.models import InvalidTransition, NotFound
 from pikfix.errors import PikFixInputError
 from pikfix.imageio import content_type_for, extension_for
@@ -226,5 +227,37 @@ def retry_job(
         raise not_found("job") from exc
     except InvalidTransition as exc:
         raise ApiError(409, "job_not_retryable", str(exc)) from exc
+    ctx.dispatch(principal.tenant_id)
+    return load_job(ctx, principal.tenant_id, job_id)
+
+
+@router.post(
+    "/{job_id}/resend",
+    status_code=202,
+    response_model=JobOut,
+    responses=error_responses(401, 404, 409),
+    summary="Send a queued or running job to the workers again",
+)
+def resend_job(
+    job_id: str,
+    principal: Principal = Depends(require_tenant),
+    ctx: ApiContext = Depends(get_context),
+    force: bool = Query(False, description="resend even though its worker still reports progress"),
+) -> JobOut:
+    """For a job whose worker died or whose task the broker lost: it goes back to the queue and is
+    sent again now. 409 ``job_not_resendable`` for a finished job, 409 ``job_still_running`` while its
+    worker's heartbeat is fresh (unless ``force``)."""
+    checked_id(job_id, "job")
+    try:
+        with ctx.session() as s:
+            repo.resend_job(
+                s, principal.tenant_id, job_id, alive_within_s=ctx.settings.job_heartbeat_timeout_s, force=force
+            )
+    except NotFound as exc:
+        raise not_found("job") from exc
+    except JobStillRunning as exc:
+        raise ApiError(409, "job_still_running", str(exc)) from exc
+    except InvalidTransition as exc:
+        raise ApiError(409, "job_not_resendable", str(exc)) from exc
     ctx.dispatch(principal.tenant_id)
     return load_job(ctx, principal.tenant_id, job_id)
