@@ -45,7 +45,7 @@ from pikfix.color import rgb_to_lab_np
 from pikfix.colortransfer import reinhard_colorize
 from pikfix.datasets import DatasetError, list_photos, load_photo, split_photos
 from pikfix.degrade import degrade
-from pikfix.inference import Restorer, luminance_of
+from pikfix.inference import DAMAGE_SIDE, Restorer, luminance_of
 from pikfix.metrics import ciede2000, psnr, ssim
 from pikfix.retrieval import DescriptorExtractor
 
@@ -75,6 +75,7 @@ class EvalConfig:
     vgg_weights: str | None = None
     threads: int | None = None
     upscale: int = 1
+    damage_side: int = DAMAGE_SIDE  # 0: restore at full resolution only (the paper's graph)
 
 
 def _select(folder: str, split: str, val_fraction: float) -> list[Path]:
@@ -160,7 +161,8 @@ def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, 
     if not photos:
         raise EvaluationError(f"no photos to evaluate in {config.photos} (split {config.split})")
     if restorer is None:
-        restorer = Restorer.from_checkpoint(config.checkpoint, device=config.device)
+        restorer = Restorer.from_checkpoint(config.checkpoint, device=config.device,
+                                            damage_side=config.damage_side or None)
     extractor = DescriptorExtractor(weights=config.vgg_weights)
     references = _References(reference_paths, extractor, config.max_side)
 
@@ -332,6 +334,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--upscale", type=int, default=d.upscale,
                         help="scan the degraded print at this many times its size, restore there, score at 1x")
+    parser.add_argument("--damage-side", type=int, default=d.damage_side,
+                        help="short side of the damage-scale restoration pass; 0 turns it off")
     parser.add_argument("--against", default=None,
                         help="also evaluate this checkpoint on the same photos and say which of the two wins")
     parser.add_argument("--ship-to", default=None,
@@ -355,6 +359,7 @@ def eval_command(args: argparse.Namespace) -> int:
         vgg_weights=args.vgg_weights,
         threads=args.threads,
         upscale=args.upscale,
+        damage_side=args.damage_side,
     )
     if args.upscale < 1:
         log.error("--upscale must be 1 or more")

@@ -3,7 +3,10 @@
 The pipeline (paper section 3, arranged for scans of any size):
 
 1. the input's luminance (CIE L/100) is restored by the restoration sub-net in overlapping tiles at
-   FULL resolution (``pikfix.tiling``), never resized down;
+   FULL resolution (``pikfix.tiling``), and once more at the damage scale (short side ``damage_side``,
+   the scale at which training draws scratches and dust): the result keeps the full-resolution pass's
+   fine detail and takes its coarse structure from the damage-scale pass, so a scratch 4x wider in
+   pixels on a 4x larger scan is removed as on the small one (see docs/model.md);
 2. the restored luminance and the reference are resized to the working size (short side
    ``working_size``, aspect kept, long side capped) where the similarity and colourization sub-nets
    run, because their correlation cost is quadratic in pixels;
@@ -50,6 +53,10 @@ ImageInput = DecodedImage | bytes | bytearray | str | Path | Image.Image | np.nd
 DEFAULT_TILE_CPU = 768
 DEFAULT_TILE_CUDA = 2048
 LONG_SIDE_CAP = 3  # the working image's long side is at most this many times working_size
+# pikfix.degrade draws damage 1-3 px wide on a 256 px short side and proportionally wider above it.
+DAMAGE_SIDE = 256
+GUIDE_RADIUS = 2  # damage-scale pixels: the guided filter's window is 5x5 there
+GUIDE_EPS = 1e-3  # luminance variance below which the correction stays smooth (flat areas, noise)
 _STRIP_PIXELS = 1 << 20  # output strips of about one megapixel
 
 
@@ -143,6 +150,26 @@ def decode_input(image: ImageInput, max_pixels: int | None) -> DecodedImage:
     return decode_image(image, max_pixels)
 
 
+def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
+    return F.avg_pool2d(F.pad(x, (radius,) * 4, mode="replicate"), 2 * radius + 1, stride=1)
+
+
+def _guided_coefficients(
+    guide: torch.Tensor, target: torch.Tensor, radius: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local linear model ``target ~ gain * guide + offset`` (He, Sun and Tang's guided filter).
+
+    Up-sampled and applied to the full-resolution guide (He and Sun's fast guided filter), it gives
+    the damage-scale correction the sharp edges of the full-resolution scratch it removes.
+    """
+    mean_g, mean_t = _box(guide, radius), _box(target, radius)
+    cov = _box(guide * target, radius) - mean_g * mean_t
+    var = _box(guide * guide, radius) - mean_g * mean_g
+    gain = cov / (var + eps)
+    offset = mean_t - gain * mean_g
+    return _box(gain, radius), _box(offset, radius)
+
+
 def _upsample_rows(ab: torch.Tensor, y0: int, y1: int, height: int, width: int) -> torch.Tensor:
     """Rows [y0, y1) of ``ab`` (1,2,h,w) bilinearly up-sampled to (height, width), without the full image.
 
@@ -174,6 +201,7 @@ class Restorer:
         working_size: int | None = None,
         max_pixels: int | None = None,
         autocast: bool = True,
+        damage_side: int | None = DAMAGE_SIDE,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -188,6 +216,7 @@ class Restorer:
         if self.tile_size < self.tile_overlap + 64:
             raise ValueError(f"tile_size {self.tile_size} is too small for an overlap of {self.tile_overlap}")
         self.max_pixels = max_pixels
+        self.damage_side = damage_side  # None: restore at full resolution only (the paper's graph)
         self.amp_dtype: torch.dtype | None = None
         if autocast and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -300,6 +329,7 @@ class Restorer:
                 "working_size": self.working_size,
                 "tile_size": self.tile_size,
                 "tile_overlap": self.tile_overlap,
+                "damage_side": self.damage_side,
                 "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "float32",
             },
         }
@@ -326,9 +356,27 @@ class Restorer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _restore_luminance(self, luminance: np.ndarray) -> torch.Tensor:
-        """Full-resolution restoration, tile by tile; returns a (1,1,H,W) float32 CPU tensor."""
+        """Restoration at full resolution, its coarse structure replaced by the damage-scale pass's
+        (``out = full + up(small(down(x)) - down(full))``); returns a (1,1,H,W) float32 CPU tensor."""
         image = torch.from_numpy(luminance)[None, None]
+        full = self._restore_tiles(image)
+        height, width = full.shape[-2:]
+        if self.damage_side is None or min(height, width) <= self.damage_side:
+            return full
+        scale = self.damage_side / min(height, width)
+        small_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+        guide = _resize(full, small_shape)
+        correction = self._restore_tiles(_resize(image, small_shape)) - guide
+        gain, offset = _guided_coefficients(guide, correction, GUIDE_RADIUS, GUIDE_EPS)
+        rows = _rows_per_strip(width)
+        for y in range(0, height, rows):
+            y1 = min(height, y + rows)
+            strip = full[:, :, y:y1]
+            strip += _upsample_rows(gain, y, y1, height, width) * strip + _upsample_rows(offset, y, y1, height, width)
+        return full.clamp_(0.0, 1.0)
 
+    def _restore_tiles(self, image: torch.Tensor) -> torch.Tensor:
+        """The restoration sub-net over (1,1,H,W) luminance, tile by tile, on the model's device."""
         def run(tile: torch.Tensor) -> torch.Tensor:
             with self._autocast():
                 return self.model.restore(tile).float().clamp_(0.0, 1.0)

@@ -172,3 +172,43 @@ def test_strip_upsampling_matches_whole_image_bilinear():
 def test_luminance_of_matches_the_colour_module():
     rgb = np.random.default_rng(5).random((9, 11, 3)).astype(np.float32)
     np.testing.assert_allclose(luminance_of(rgb), output_luminance(rgb), atol=1e-6)
+
+
+def _scratched(clean: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The photo scanned k times larger (bicubic), with two light scratches k times wider: (truth, damaged, mask)."""
+    h, w = clean.shape
+    truth = np.asarray(Image.fromarray(clean).resize((w * k, h * k), Image.BICUBIC), np.float32) / 255.0
+    mask_image = Image.new("L", (w * k, h * k), 0)
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(mask_image)
+    draw.line([(0.1 * w * k, 0.2 * h * k), (0.9 * w * k, 0.7 * h * k)], fill=255, width=2 * k)
+    draw.line([(0.3 * w * k, 0.9 * h * k), (0.6 * w * k, 0.1 * h * k)], fill=255, width=k)
+    mask = np.asarray(mask_image) > 0
+    damaged = truth.copy()
+    damaged[mask] = 0.95
+    return truth, damaged, mask
+
+
+def test_a_scratch_is_removed_alike_on_a_scan_and_on_its_4x_larger_scan():
+    """The shipped model, on a shipped sample (foliage, the hardest of the four): restoring at full
+    resolution alone removes a quarter of what it removes at 1x once the scratch is 4x wider; the
+    damage-scale pass brings that to over half (measured 0.77 at 1x, 0.43 at 4x, 0.19 without it)."""
+    from pathlib import Path
+
+    sample = Image.open(Path(__file__).resolve().parents[2] / "samples" / "Garden.jpg").convert("L")
+    clean = np.asarray(sample.resize((320, round(320 * sample.height / sample.width)), Image.LANCZOS))
+    assert min(clean.shape) <= 256  # 1x is at the damage scale already
+
+    def fall(restorer: Restorer, k: int) -> float:
+        truth, damaged, mask = _scratched(clean, k)
+        out = restorer.restore(np.repeat(damaged[..., None], 3, axis=2)).restored_luminance
+        return 1.0 - float(np.abs(out - truth)[mask].mean() / np.abs(damaged - truth)[mask].mean())
+
+    two_scale = Restorer.from_checkpoint(None, device="cpu", working_size=WORKING)
+    full_only = Restorer.from_checkpoint(None, device="cpu", working_size=WORKING, damage_side=None)
+    at_1x, at_4x = fall(two_scale, 1), fall(two_scale, 4)
+    without = fall(full_only, 4)
+    assert at_1x > 0.7
+    assert at_4x > 0.5 * at_1x
+    assert at_4x > 2 * without
