@@ -76,6 +76,7 @@ class EvalConfig:
     threads: int | None = None
     upscale: int = 1
     damage_side: int = DAMAGE_SIDE  # 0: restore at full resolution only (the paper's graph)
+    anchor_chroma: bool = True  # False: the colorization net's own mean chroma (the paper's graph)
 
 
 def _select(folder: str, split: str, val_fraction: float) -> list[Path]:
@@ -162,7 +163,8 @@ def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, 
         raise EvaluationError(f"no photos to evaluate in {config.photos} (split {config.split})")
     if restorer is None:
         restorer = Restorer.from_checkpoint(config.checkpoint, device=config.device,
-                                            damage_side=config.damage_side or None)
+                                            damage_side=config.damage_side or None,
+                                            anchor_chroma=config.anchor_chroma)
     extractor = DescriptorExtractor(weights=config.vgg_weights)
     references = _References(reference_paths, extractor, config.max_side)
 
@@ -336,6 +338,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scan the degraded print at this many times its size, restore there, score at 1x")
     parser.add_argument("--damage-side", type=int, default=d.damage_side,
                         help="short side of the damage-scale restoration pass; 0 turns it off")
+    parser.add_argument("--anchor-chroma", action=argparse.BooleanOptionalAction, default=d.anchor_chroma,
+                        help="give the output the reference's mean chroma (--no-anchor-chroma: the net's own)")
     parser.add_argument("--against", default=None,
                         help="also evaluate this checkpoint on the same photos and say which of the two wins")
     parser.add_argument("--ship-to", default=None,
@@ -360,6 +364,7 @@ def eval_command(args: argparse.Namespace) -> int:
         threads=args.threads,
         upscale=args.upscale,
         damage_side=args.damage_side,
+        anchor_chroma=args.anchor_chroma,
     )
     if args.upscale < 1:
         log.error("--upscale must be 1 or more")

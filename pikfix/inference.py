@@ -41,6 +41,7 @@ from pikfix.color import model_space_to_rgb, rgb_to_gray01, rgb_to_model_space
 from pikfix.errors import PikFixInputError
 from pikfix.imageio import DecodedImage, decode_image, decode_pil_image, encode_image
 from pikfix.model import PikFix
+from pikfix.nets.tone import apply_curve
 from pikfix.tiling import tiled_apply
 from pikfix.uri import read_uri_bytes, write_uri_bytes
 
@@ -150,6 +151,12 @@ def decode_input(image: ImageInput, max_pixels: int | None) -> DecodedImage:
     return decode_image(image, max_pixels)
 
 
+def _short_side(height: int, width: int, side: int) -> tuple[int, int]:
+    """(h, w) scaled so the short side is ``side`` (enlarging too), aspect kept."""
+    scale = side / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (radius,) * 4, mode="replicate"), 2 * radius + 1, stride=1)
 
@@ -202,6 +209,7 @@ class Restorer:
         max_pixels: int | None = None,
         autocast: bool = True,
         damage_side: int | None = DAMAGE_SIDE,
+        anchor_chroma: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -217,6 +225,7 @@ class Restorer:
             raise ValueError(f"tile_size {self.tile_size} is too small for an overlap of {self.tile_overlap}")
         self.max_pixels = max_pixels
         self.damage_side = damage_side  # None: restore at full resolution only (the paper's graph)
+        self.anchor_chroma = anchor_chroma  # False: the colorization net's chroma as it is (the paper's graph)
         self.amp_dtype: torch.dtype | None = None
         if autocast and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -330,6 +339,7 @@ class Restorer:
                 "tile_size": self.tile_size,
                 "tile_overlap": self.tile_overlap,
                 "damage_side": self.damage_side,
+                "anchor_chroma": self.anchor_chroma,
                 "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "float32",
             },
         }
@@ -356,15 +366,26 @@ class Restorer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _restore_luminance(self, luminance: np.ndarray) -> torch.Tensor:
+        """Local restoration (both scales), then the global tone curve when the model has one;
+        returns a (1,1,H,W) float32 CPU tensor."""
+        restored = self._restore_local(luminance)
+        if self.model.tone is None:
+            return restored
+        curve = self.model.tone(_resize(restored, _short_side(*restored.shape[-2:], DAMAGE_SIDE)))
+        rows = _rows_per_strip(restored.shape[-1])
+        for y in range(0, restored.shape[-2], rows):
+            restored[:, :, y : y + rows] = apply_curve(restored[:, :, y : y + rows], curve)
+        return restored
+
+    def _restore_local(self, luminance: np.ndarray) -> torch.Tensor:
         """Restoration at full resolution, its coarse structure replaced by the damage-scale pass's
-        (``out = full + up(small(down(x)) - down(full))``); returns a (1,1,H,W) float32 CPU tensor."""
+        (``out = full + up(small(down(x)) - down(full))``)."""
         image = torch.from_numpy(luminance)[None, None]
         full = self._restore_tiles(image)
         height, width = full.shape[-2:]
         if self.damage_side is None or min(height, width) <= self.damage_side:
             return full
-        scale = self.damage_side / min(height, width)
-        small_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+        small_shape = _short_side(height, width, self.damage_side)
         guide = _resize(full, small_shape)
         correction = self._restore_tiles(_resize(image, small_shape)) - guide
         gain, offset = _guided_coefficients(guide, correction, GUIDE_RADIUS, GUIDE_EPS)
@@ -410,7 +431,13 @@ class Restorer:
         to_device = {"device": self.device, "memory_format": torch.channels_last}
         with self._autocast():
             out = self.model.colorize(work_l.to(**to_device), ref_l.to(**to_device), ref_ab.to(**to_device))
-        ab = out.ab.float().clamp(-1.0, 1.0).cpu().contiguous()
+        ab = out.ab.float().clamp(-1.0, 1.0).cpu()
+        if self.anchor_chroma:
+            # Classical transfer as the base: the photo's mean chroma is the reference's (what Reinhard
+            # gives a grey photo), the net contributes only the variation around it, so a net biased
+            # towards one hue cannot cast the whole photo in it.
+            ab = ab - ab.mean(dim=(2, 3), keepdim=True) + ref_ab.float().mean(dim=(2, 3), keepdim=True)
+        ab = ab.clamp(-1.0, 1.0).contiguous()
         confidence = float(out.confidence[0].float().mean()) if out.confidence else math.nan
         return ab, confidence
 

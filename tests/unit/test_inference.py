@@ -212,3 +212,20 @@ def test_a_scratch_is_removed_alike_on_a_scan_and_on_its_4x_larger_scan():
     assert at_1x > 0.7
     assert at_4x > 0.5 * at_1x
     assert at_4x > 2 * without
+
+
+def test_an_all_green_reference_gives_a_green_photo():
+    """The shipped model on a shipped sample with a reference that is green all over: mean a* < 0
+    (without the chroma anchor the net casts it orange, a* > 0)."""
+    from pathlib import Path
+
+    from pikfix.color import rgb_to_lab_np
+
+    sample = Image.open(Path(__file__).resolve().parents[2] / "samples" / "Garden.jpg").convert("L")
+    grey = np.asarray(sample.resize((256, round(256 * sample.height / sample.width))), np.float32) / 255.0
+    rng = np.random.default_rng(0)
+    green = np.clip(np.array([0.25, 0.55, 0.2]) + rng.normal(0, 0.05, (96, 128, 3)), 0, 1).astype(np.float32)
+    assert rgb_to_lab_np(green)[..., 1].mean() < -20
+    anchored = Restorer.from_checkpoint(None, device="cpu")
+    out = anchored.restore(np.repeat(grey[..., None], 3, axis=2), green)
+    assert rgb_to_lab_np(out.rgb)[..., 1].mean() < -10
