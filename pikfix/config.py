@@ -51,6 +51,10 @@ class PikFixConfig:
     # Colourization runs at this resolution (short side, pixels); chroma is up-sampled afterwards.
     working_size: int = 256
 
+    # Global tone curve after restoration (our deviation, pikfix.nets.tone); 0 knots: none (the paper).
+    tone_knots: int = 0
+    tone_bins: int = 64
+
     def __post_init__(self) -> None:
         if len(self.sim_backbone_widths) != 4 or len(self.col_units) != 4 or len(self.col_decoder_units) != 3:
             raise ValueError("expected 4 backbone widths, 4 encoder blocks and 3 decoder blocks")

@@ -16,7 +16,7 @@ from torch import nn
 
 from pikfix.color import model_space_to_rgb, rgb_to_model_space
 from pikfix.config import PikFixConfig
-from pikfix.nets import ColorizationNet, MultiLevelRDN, SimilarityMap, SimilarityNet, SPHist
+from pikfix.nets import ColorizationNet, GlobalTone, MultiLevelRDN, SimilarityMap, SimilarityNet, SPHist
 from pikfix.nets.sphist import resize
 
 
@@ -75,6 +75,8 @@ class PikFix(nn.Module):
             fusion_units=config.col_fusion_units,
             decoder_units=config.col_decoder_units,
         )
+        # Fitted after the rest on whole photos (``pikfix fit-tone``): a tile cannot see global tone.
+        self.tone = GlobalTone(config.tone_bins, config.tone_knots) if config.tone_knots else None
 
     @property
     def tile_overlap(self) -> int:

@@ -1,8 +1,9 @@
-"""The four Pik-Fix sub-networks: restoration, similarity, SPHist and colorization."""
+"""The four Pik-Fix sub-networks (restoration, similarity, SPHist, colorization) and the global tone head."""
 
 from pikfix.nets.colorization import ColorizationNet
 from pikfix.nets.restoration import MultiLevelRDN
 from pikfix.nets.similarity import SimilarityNet
 from pikfix.nets.sphist import SimilarityMap, SPHist
+from pikfix.nets.tone import GlobalTone
 
-__all__ = ["ColorizationNet", "MultiLevelRDN", "SPHist", "SimilarityMap", "SimilarityNet"]
+__all__ = ["ColorizationNet", "GlobalTone", "MultiLevelRDN", "SPHist", "SimilarityMap", "SimilarityNet"]

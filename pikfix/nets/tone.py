@@ -1,0 +1,73 @@
+"""Global tone: a monotone curve per photo, predicted from the histogram of its restored luminance.
+
+Old prints fade, yellow and lose contrast as a whole, which a local network (the RDN sees a tile at
+a time) cannot measure. ``bench/restoration_ceiling.py`` puts an oracle per-photo curve at +4.5 to
++6.4 dB; this small head estimates one. It is our deviation from the paper (docs/model.md).
+
+The curve has ``knots + 1`` points at evenly spaced inputs in [0, 1]. Its outputs are
+``lo + (1 - lo - hi) * cumsum(softmax(steps))``: never decreasing (no tone is inverted), with a
+lifted black point ``lo`` and lowered white point ``hi`` of at most a quarter each. The last layer
+starts at zero, which is the identity curve (up to ``lo``/``hi`` of 0.25 * sigmoid(-8)).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_END_LIMIT = 0.25  # black point lift and white point drop are at most this
+_END_BIAS = -8.0  # sigmoid(-8) ~ 3e-4: the ends start where the identity has them
+SAMPLE_PIXELS = 1 << 16  # the histogram is taken from about this many evenly spaced pixels
+
+
+def luminance_histogram(lum01: torch.Tensor, bins: int) -> torch.Tensor:
+    """(N,1,H,W) luminance in [0, 1] -> (N, 2 * bins) features: the normalised histogram and its CDF."""
+    n, _, h, w = lum01.shape
+    step = max(1, int((h * w / SAMPLE_PIXELS) ** 0.5))
+    flat = lum01[:, 0, ::step, ::step].reshape(n, -1).clamp(0.0, 1.0)
+    index = (flat * bins).long().clamp_(max=bins - 1)
+    hist = torch.zeros(n, bins, dtype=torch.float32, device=lum01.device)
+    hist.scatter_add_(1, index, torch.ones_like(flat, dtype=torch.float32))
+    hist /= flat.shape[1]
+    return torch.cat((hist * bins, hist.cumsum(1)), dim=1)  # both of order 1
+
+
+def apply_curve(lum01: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
+    """Map (N,1,H,W) luminance through (N, K+1) knot values by linear interpolation."""
+    knots = curve.shape[1] - 1
+    x = lum01.clamp(0.0, 1.0) * knots
+    lo = x.floor().clamp_(max=knots - 1)
+    frac = x - lo
+    flat = curve[:, None, :].expand(-1, lum01.shape[1], -1)
+    left = torch.gather(flat, 2, lo.long().flatten(2)).view_as(x)
+    right = torch.gather(flat, 2, lo.long().flatten(2) + 1).view_as(x)
+    return left + (right - left) * frac
+
+
+class GlobalTone(nn.Module):
+    def __init__(self, bins: int = 64, knots: int = 16, hidden: int = 64) -> None:
+        super().__init__()
+        self.bins = bins
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * bins, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, knots + 2),
+        )
+        last = self.mlp[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        with torch.no_grad():
+            last.bias[:2] = _END_BIAS
+
+    def forward(self, lum01: torch.Tensor) -> torch.Tensor:
+        """(N,1,H,W) luminance (any size; a thumbnail will do) -> (N, knots + 1) curve."""
+        return self.curve(luminance_histogram(lum01, self.bins))
+
+    def curve(self, features: torch.Tensor) -> torch.Tensor:
+        """The curve from precomputed ``luminance_histogram`` features."""
+        out = self.mlp(features)
+        lo = _END_LIMIT * torch.sigmoid(out[:, :1])
+        hi = _END_LIMIT * torch.sigmoid(out[:, 1:2])
+        rise = F.softmax(out[:, 2:], dim=1).cumsum(1)
+        return torch.cat((lo, lo + (1.0 - lo - hi) * rise), dim=1)
