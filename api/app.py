@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, HTMLResponse
+from swagger_ui_bundle import swagger_ui_path
 
 from api.deps import ApiContext
-from api.errors import install_error_handlers
+from api.errors import install_error_handlers, not_found
 from api.metrics import RequestMetricsMiddleware
 from api.routers import batches, health, jobs, metrics, references
 from api.schemas import ErrorInfo, ErrorResponse
@@ -70,6 +74,41 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+DOCS_ASSETS_URL = "/docs/assets"
+# Swagger UI's files from the installed swagger-ui-bundle package: /docs works on a host with no internet.
+SWAGGER_UI_DIR = Path(str(swagger_ui_path))
+SWAGGER_UI_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+}
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI served from this process, with no URL outside it (FastAPI's default page
+    loads its script and style from a CDN, so an offline host shows a blank page)."""
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon-32x32.png",
+            # No badge fetched from the public spec validator.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get(DOCS_ASSETS_URL + "/{name}", include_in_schema=False)
+    def swagger_ui_asset(name: str) -> FileResponse:
+        media_type = SWAGGER_UI_ASSETS.get(name)
+        if media_type is None:
+            raise not_found("docs asset")
+        return FileResponse(SWAGGER_UI_DIR / name, media_type=media_type,
+                            headers={"Cache-Control": "public, max-age=86400"})
+
+
 def create_app(settings: Settings | None = None, *, runtime: WorkerRuntime | None = None) -> FastAPI:
     """Build the API. ``runtime`` (store, model, retrieval extractor) is created from ``settings``
     when not given; tests pass one to share a loaded model between apps."""
@@ -88,7 +127,7 @@ def create_app(settings: Settings | None = None, *, runtime: WorkerRuntime | Non
         version=__version__,
         description=DESCRIPTION,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served by _install_docs from local files
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -98,6 +137,7 @@ def create_app(settings: Settings | None = None, *, runtime: WorkerRuntime | Non
     for module in (jobs, batches, references, health, metrics):
         app.include_router(module.router)
     _install_openapi(app)
+    _install_docs(app)
     # Added last = outermost: the latency histogram also times requests refused for their size.
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(ReadRequestTimeout, seconds=settings.api_read_timeout_s)

@@ -94,7 +94,7 @@ class ApiContext:
                 with self.session() as s:
                     withdrawn = repo.forget_unsent_job(s, must_send)
                 if withdrawn:
-                    raise ApiError(503, "broker_unavailable", "the task queue is not reachable; try again later",
+                    raise ApiError("broker_unavailable", "the task queue is not reachable; try again later",
                                    headers={"Retry-After": "5"}) from exc
         if self.eager:
             self.finish_batches()
@@ -126,7 +126,7 @@ class ApiContext:
                 if strict and self.eager:  # the task ran here and broke: a bug, not an outage
                     raise
                 if strict:
-                    raise ApiError(503, "broker_unavailable", "the task queue is not reachable; try again later",
+                    raise ApiError("broker_unavailable", "the task queue is not reachable; try again later",
                                    headers={"Retry-After": "5"}) from exc
 
     def send_ingest(self, archive_id: str, *, strict: bool = True) -> None:
@@ -153,7 +153,7 @@ class ApiContext:
             except Exception:
                 log.exception("archive %s stays pending; the maintenance task will send it", archive_id)
                 return
-            raise ApiError(503, "broker_unavailable", "the task queue is not reachable; try again later",
+            raise ApiError("broker_unavailable", "the task queue is not reachable; try again later",
                            headers={"Retry-After": "5"}) from exc
         with self.session() as s:
             repo.mark_archives_sent(s, [archive_id])

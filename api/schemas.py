@@ -7,10 +7,11 @@ forbid unknown fields, so a client's typo fails with 422 instead of being silent
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from db.models import Archive, Batch, Job, JobReference, Reference
 
@@ -22,6 +23,35 @@ OutputFormat = Literal["png", "jpeg", "tiff16"]
 
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 MAX_UPLOAD_NAMES = 1000
+
+
+# --- text the database can keep -------------------------------------------------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text, or ``None``.
+
+    PostgreSQL's text types refuse the NUL character, and a lone UTF-16 surrogate (JSON allows
+    ``"\\ud800"``) has no UTF-8 encoding: either would fail the INSERT with a 500, so both are refused
+    where the input arrives, for every text field of every route.
+    """
+    if "\x00" in value:
+        return "must not contain the NUL character (U+0000)"
+    if _SURROGATE.search(value):
+        return "must not contain unpaired UTF-16 surrogates"
+    return None
+
+
+def storable_text(value: str) -> str:
+    if (problem := text_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+Text = Annotated[str, AfterValidator(storable_text)]
+"""A text input (body field, query parameter): 422 ``validation_error`` for what the database cannot store."""
 
 
 class _Request(BaseModel):
@@ -186,15 +216,15 @@ class PhotosAccepted(BaseModel):
 
 class BatchOptions(_Request):
     reference_mode: ReferenceMode = "auto"
-    reference_id: str | None = Field(None, pattern=ID_PATTERN, description="required for reference_mode=manual")
+    reference_id: Text | None = Field(None, pattern=ID_PATTERN, description="required for reference_mode=manual")
     output_format: OutputFormat = "png"
     working_size: int | None = Field(None, ge=32, le=4096, description="colourization resolution (short side)")
 
 
 class BatchCreate(_Request):
-    name: str = Field(min_length=1, max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
     options: BatchOptions = Field(default_factory=BatchOptions)
-    webhook_url: str | None = Field(
+    webhook_url: Text | None = Field(
         None, max_length=2000, pattern=r"^https?://[^\s]+$", description="POSTed (signed) when the batch finishes"
     )
 
@@ -287,7 +317,7 @@ class ArchiveAccepted(BaseModel):
 
 
 class UploadsRequest(_Request):
-    files: list[str] = Field(min_length=1, max_length=MAX_UPLOAD_NAMES, description="file names to upload")
+    files: list[Text] = Field(min_length=1, max_length=MAX_UPLOAD_NAMES, description="file names to upload")
 
 
 class PresignedUpload(BaseModel):
@@ -303,7 +333,7 @@ class UploadsOut(BaseModel):
 
 
 class SubmitRequest(_Request):
-    files: list[str] | None = Field(
+    files: list[Text] | None = Field(
         None,
         max_length=100_000,
         description="names uploaded through presigned URLs that must all be present; default: every upload",

@@ -13,8 +13,7 @@ import contextlib
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_body
-from api.uploads import _send_json
+from api.uploads import send_error
 
 EXEMPT_PATHS = ("/healthz", "/readyz", "/metrics")  # they bound their own checks
 
@@ -52,9 +51,8 @@ class ReadRequestTimeout:
             # Not awaited: a handler blocked in a worker thread cannot be interrupted, only abandoned.
             handler.cancel()
             handler.add_done_callback(_consume)
-            await _send_json(send, 503, error_body(
-                "dependency_timeout",
-                f"no answer within {self.seconds:.0f}s: the database or object store is not responding"))
+            await send_error(send, "dependency_timeout",
+                             f"no answer within {self.seconds:.0f}s: the database or object store is not responding")
             return
         waiter.cancel()
         await handler

@@ -32,8 +32,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, error_body, status_for_code
-from api.schemas import Rejected
+from api.errors import ApiError, error_body, status_of
+from api.schemas import Rejected, text_problem
 from pikfix.errors import PikFixInputError
 from pikfix.imageio import SUPPORTED_INPUT_FORMATS, sniff_image_format
 from pikfix.storage import ObjectStore, original_key, reference_key, safe_filename
@@ -114,7 +114,7 @@ def stage_stream(source: IO[bytes], name: str, max_bytes: int, chunk: int = MiB)
     try:
         while block := source.read(chunk):
             if staged.size + len(block) > max_bytes:
-                raise ApiError(413, "file_too_large", f"{name}: larger than the limit of {max_bytes} bytes")
+                raise ApiError("file_too_large", f"{name}: larger than the limit of {max_bytes} bytes")
             staged.size += len(block)
             staged.write(block)
     except BaseException:
@@ -153,6 +153,14 @@ class MultipartForm:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _text(raw: bytes, what: str) -> str:
+    """A header value or form field as text; 422 for characters the database cannot store (NUL)."""
+    value = raw.decode("utf-8", errors="replace")
+    if (problem := text_problem(value)) is not None:
+        raise ApiError("validation_error", f"{what} {problem}")
+    return value
 
 
 class _Receiver:
@@ -203,39 +211,37 @@ class _Receiver:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         if b"name" not in options:
-            raise ApiError(422, "validation_error", "a multipart part has no name in its Content-Disposition")
-        name = options[b"name"].decode("utf-8", errors="replace")
+            raise ApiError("validation_error", "a multipart part has no name in its Content-Disposition")
+        name = _text(options[b"name"], "a multipart part's name")
         if b"filename" in options:
             self._n_files += 1
             if self._n_files > self.limits.max_files:
-                raise ApiError(413, "request_too_large", f"more than {self.limits.max_files} files in one request")
-            raw_name = options[b"filename"].decode("utf-8", errors="replace")
+                raise ApiError("request_too_large", f"more than {self.limits.max_files} files in one request")
+            raw_name = _text(options[b"filename"], f"the file name of part {name!r}")
             self._file = new_staged(name, raw_name)
             self.form.files.setdefault(name, []).append(self._file)
         else:
             self._n_fields += 1
             if self._n_fields > self.limits.max_fields:
-                raise ApiError(422, "validation_error", f"more than {self.limits.max_fields} form fields")
+                raise ApiError("validation_error", f"more than {self.limits.max_fields} form fields")
             self._field_name = name
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._file is not None:
             self._file.size += end - start
             if self._file.size > self.limits.max_file_bytes:
-                raise ApiError(
-                    413,
-                    "file_too_large",
+                raise ApiError("file_too_large",
                     f"{self._file.name}: larger than the limit of {self.limits.max_file_bytes} bytes",
                 )
             self.pending.append((self._file, bytes(data[start:end])))
         else:
             self._field_data += data[start:end]
             if len(self._field_data) > self.limits.max_field_bytes:
-                raise ApiError(422, "validation_error", f"form field {self._field_name!r} is too long")
+                raise ApiError("validation_error", f"form field {self._field_name!r} is too long")
 
     def on_part_end(self) -> None:
         if self._file is None and self._field_name is not None:
-            self.form.fields[self._field_name] = self._field_data.decode("utf-8", errors="replace")
+            self.form.fields[self._field_name] = _text(bytes(self._field_data), f"form field {self._field_name!r}")
 
     def on_end(self) -> None:
         self.finished = True
@@ -251,10 +257,10 @@ def _boundary(request: Request) -> bytes:
     content_type = request.headers.get("content-type", "")
     kind, params = parse_options_header(content_type)
     if kind != b"multipart/form-data":
-        raise ApiError(415, "unsupported_media_type", "send the files as multipart/form-data")
+        raise ApiError("unsupported_media_type", "send the files as multipart/form-data")
     boundary = params.get(b"boundary")
     if not boundary:
-        raise ApiError(422, "validation_error", "multipart/form-data without a boundary")
+        raise ApiError("validation_error", "multipart/form-data without a boundary")
     return boundary
 
 
@@ -273,12 +279,12 @@ async def read_multipart(request: Request, limits: MultipartLimits) -> Multipart
                 await to_thread.run_sync(receiver.flush)
         parser.finalize()
         if not receiver.finished:
-            raise ApiError(422, "validation_error", "the multipart body ends before its closing boundary")
+            raise ApiError("validation_error", "the multipart body ends before its closing boundary")
         for staged in form.all_files():
             staged.rewind()
     except FormParserError as exc:
         form.close()
-        raise ApiError(422, "validation_error", f"malformed multipart body: {exc}") from exc
+        raise ApiError("validation_error", f"malformed multipart body: {exc}") from exc
     except BaseException:
         form.close()
         raise
@@ -374,27 +380,27 @@ def inspect_archive(staged: StagedFile, limits: ArchiveLimits) -> int:
     The ingest worker checks again while inflating, so a forged directory cannot get past both.
     """
     if staged.size == 0:
-        raise ApiError(422, "empty_file", "the archive is empty (0 bytes)")
+        raise ApiError("empty_file", "the archive is empty (0 bytes)")
     if not staged.head.startswith(_ZIP_MAGIC):
-        raise ApiError(415, "not_an_archive", "the file is not a zip archive (its first bytes are not 'PK')")
+        raise ApiError("not_an_archive", "the file is not a zip archive (its first bytes are not 'PK')")
     try:
         with zipfile.ZipFile(staged.rewind()) as archive:
             infos = [i for i in archive.infolist() if not i.is_dir()]
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise ApiError(422, "bad_archive", f"not a readable zip archive: {exc}") from exc
+        raise ApiError("bad_archive", f"not a readable zip archive: {exc}") from exc
     finally:
         staged.rewind()
     if len(infos) > limits.max_members:
-        raise ApiError(413, "archive_too_many_members", f"{len(infos)} members, limit {limits.max_members}")
+        raise ApiError("archive_too_many_members", f"{len(infos)} members, limit {limits.max_members}")
     declared = sum(i.file_size for i in infos)
     if declared > limits.max_uncompressed_bytes:
-        raise ApiError(413, "archive_too_large",
+        raise ApiError("archive_too_large",
                        f"{declared} bytes uncompressed, limit {limits.max_uncompressed_bytes}")
     compressed = sum(i.compress_size for i in infos) or 1
     if declared / compressed > limits.max_ratio:
-        raise ApiError(422, "zip_bomb", f"compression ratio {declared / compressed:.0f} exceeds {limits.max_ratio:.0f}")
+        raise ApiError("zip_bomb", f"compression ratio {declared / compressed:.0f} exceeds {limits.max_ratio:.0f}")
     if not any(posixpath.splitext(i.filename)[1].lower() in IMAGE_EXTENSIONS for i in infos):
-        raise ApiError(422, "archive_empty",
+        raise ApiError("archive_empty",
                        f"the archive holds no photos ({len(infos)} files, none named as an image)")
     return len(infos)
 
@@ -406,10 +412,10 @@ def take_files(form: MultipartForm, accepted: tuple[str, ...]) -> list[StagedFil
     """The files sent under the ``accepted`` field names; 422 for none, or for files under other names."""
     unknown = sorted(set(form.files) - set(accepted))
     if unknown:
-        raise ApiError(422, "validation_error", f"unexpected file field(s) {unknown}; send files as {accepted[0]!r}")
+        raise ApiError("validation_error", f"unexpected file field(s) {unknown}; send files as {accepted[0]!r}")
     files = [f for name in accepted for f in form.files.get(name, [])]
     if not files:
-        raise ApiError(422, "validation_error", f"no file sent; send one or more files as {accepted[0]!r}")
+        raise ApiError("validation_error", f"no file sent; send one or more files as {accepted[0]!r}")
     return files
 
 
@@ -417,7 +423,7 @@ def take_fields(form: MultipartForm, allowed: tuple[str, ...]) -> dict[str, str]
     """The plain form fields, refusing names outside ``allowed`` (a typo must not pass silently)."""
     unknown = sorted(set(form.fields) - set(allowed))
     if unknown:
-        raise ApiError(422, "validation_error", f"unexpected form field(s) {unknown}; allowed: {list(allowed)}")
+        raise ApiError("validation_error", f"unexpected form field(s) {unknown}; allowed: {list(allowed)}")
     return {k: v.strip() for k, v in form.fields.items() if v.strip()}
 
 
@@ -472,8 +478,7 @@ def refuse_all(rejected: list[Rejected]) -> ApiError:
     message = f"{first.name}: {first.message}"
     if len(rejected) > 1:
         message += f" (and {len(rejected) - 1} more file(s) refused)"
-    return ApiError(status_for_code(first.code), first.code, message,
-                    details=[r.model_dump() for r in rejected])
+    return ApiError(first.code, message, details=[r.model_dump() for r in rejected])
 
 
 def is_archive_name(name: str) -> bool:
@@ -507,8 +512,8 @@ class RequestSizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _send_json(send, 413, error_body(
-                "request_too_large", f"the request body is {declared} bytes, over the limit of {self.max_bytes}"))
+            await send_error(send, "request_too_large",
+                             f"the request body is {declared} bytes, over the limit of {self.max_bytes}")
             return
         seen = 0
 
@@ -520,7 +525,7 @@ class RequestSizeLimit:
                 if seen > self.max_bytes:
                     # An HTTPException (not ApiError) because FastAPI re-raises only those from body parsing;
                     # the error handlers answer it as 413 ``request_too_large``.
-                    raise HTTPException(413, f"the request body is over the limit of {self.max_bytes} bytes")
+                    raise HTTPException(status_of("request_too_large"), f"the request body is over the limit of {self.max_bytes} bytes")
             return message
 
         await self.app(scope, limited_receive, send)
@@ -547,6 +552,11 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
+async def send_error(send: Send, code: str, message: str) -> None:
+    """An error answered by a middleware, below the app's handlers: same shape, the registry's status."""
+    await _send_json(send, status_of(code), error_body(code, message))
+
+
 __all__ = [
     "ArchiveLimits",
     "CheckedImage",
@@ -564,6 +574,7 @@ __all__ = [
     "inspect_image",
     "new_staged",
     "read_multipart",
+    "send_error",
     "stage_stream",
     "store_image",
 ]

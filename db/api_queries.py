@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from db.models import JOB_STATUSES, JOB_SUCCEEDED, Batch, InvalidCursor, Job, Reference
 
 MAX_PAGE = 1000
+_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def ping(s: Session) -> None:
@@ -39,7 +41,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         created_at = datetime.fromisoformat(stamp)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidCursor("malformed pagination cursor") from exc
-    if created_at.tzinfo is None or len(row_id) != 36:
+    # The id goes into the query: only an id's exact shape may (a NUL byte would be a 500 on PostgreSQL).
+    if created_at.tzinfo is None or not _ID_RE.fullmatch(row_id):
         raise InvalidCursor("malformed pagination cursor")
     return created_at, row_id
 

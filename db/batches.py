@@ -1,7 +1,8 @@
 """Batches: a tenant's album of photos processed with one set of options, and its progress.
 
 A batch is ``open`` while jobs are added, ``submitted`` once complete (it then finishes by itself
-when every job is terminal), or ``cancelled``. Job listing uses keyset pagination on
+when every job is terminal), or ``cancelled`` (its ``finished_at`` is set, and its report written,
+once the jobs that were running when it was cancelled have ended). Job listing uses keyset pagination on
 ``(created_at, id)`` so a 50,000-photo batch pages in constant time and no job is skipped or seen
 twice while other jobs change status.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +45,7 @@ from db.models import (
 )
 
 MAX_PAGE = 1000
+_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ def create_batch(
         raise InvalidOptions("batch name must be 1 to 200 characters")
     if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
         raise InvalidOptions("webhook_url must be an http(s) URL")
+    if "\x00" in name or "\x00" in (webhook_url or ""):
+        raise InvalidOptions("batch name and webhook_url cannot hold the NUL character (PostgreSQL text cannot)")
     opts = normalize_options(options)
     check_reference_owner(s, tenant_id, opts)
     batch = Batch(
@@ -197,7 +202,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         created_at = datetime.fromisoformat(stamp)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidCursor("malformed pagination cursor") from exc
-    if created_at.tzinfo is None or len(job_id) != 36:
+    # The id goes into the query: only an id's exact shape may (a NUL byte would be a 500 on PostgreSQL).
+    if created_at.tzinfo is None or not _ID_RE.fullmatch(job_id):
         raise InvalidCursor("malformed pagination cursor")
     return created_at, job_id
 
@@ -233,7 +239,12 @@ def list_batch_jobs(
 
 
 def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
-    """Cancel a batch: its queued jobs become cancelled (running ones finish); returns how many."""
+    """Cancel a batch: its queued jobs become cancelled (running ones finish); returns how many.
+
+    ``finished_at`` stays empty until the running jobs and pending archives have ended too:
+    :func:`finish_batches` then sets it, once, and the batch gets its report of what finished and what
+    was cancelled.
+    """
     if get_batch(s, tenant_id, batch_id) is None:
         raise NotFound(f"batch {batch_id} not found")
     now = utcnow()
@@ -250,29 +261,38 @@ def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
     s.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.status.in_((BATCH_OPEN, BATCH_SUBMITTED)))
-        .values(status=BATCH_CANCELLED, finished_at=now)
+        .values(status=BATCH_CANCELLED)
         .execution_options(synchronize_session="fetch")
     )
     return len(ids)
 
 
 def finish_batches(s: Session) -> list[Batch]:
-    """Mark submitted batches with no active job and no archive left to unpack as finished; returns
-    those this call finished.
+    """Finish the batches that nothing can change any more; returns those this call finished.
 
-    One compare-and-set statement, so two maintenance runs never both finish (and both notify) the
-    same batch.
+    A submitted batch with no active job and no archive left to unpack becomes ``finished``; a cancelled
+    batch whose running jobs and pending archives have all ended keeps its status and gets its
+    ``finished_at``. Either way the caller writes the report and calls the webhook. One compare-and-set
+    statement per kind, so two maintenance runs never both finish (and both notify) the same batch.
     """
     active = exists().where(Job.batch_id == Batch.id, Job.status.in_(JOB_ACTIVE))
     unpacking = exists().where(Archive.batch_id == Batch.id, Archive.status == ARCHIVE_PENDING)
+    now = utcnow()
     ids = list(
         s.scalars(
             update(Batch)
             .where(Batch.status == BATCH_SUBMITTED, ~active, ~unpacking)
-            .values(status=BATCH_FINISHED, finished_at=utcnow())
+            .values(status=BATCH_FINISHED, finished_at=now)
             .returning(Batch.id)
             .execution_options(synchronize_session=False)
         )
+    )
+    ids += s.scalars(
+        update(Batch)
+        .where(Batch.status == BATCH_CANCELLED, Batch.finished_at.is_(None), ~active, ~unpacking)
+        .values(finished_at=now)
+        .returning(Batch.id)
+        .execution_options(synchronize_session=False)
     )
     if not ids:
         return []

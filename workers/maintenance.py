@@ -7,7 +7,8 @@
 - ``resend_pending_archives``: accepted archives whose ingest task was never sent or was lost are sent.
 - ``reindex_pending_references``: references whose index task was lost are sent again.
 - ``finish_batches``: marks batches whose jobs are all terminal as finished, writes the batch report and
-  calls the batch webhook.
+  calls the batch webhook. A cancelled batch gets the same, report and webhook (status ``cancelled``), once
+  the jobs still running when it was cancelled have ended, so its report shows what each photo became.
 """
 
 from __future__ import annotations

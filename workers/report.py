@@ -370,6 +370,7 @@ justify-content:center;text-align:center;color:var(--muted);font-size:12px;paddi
 .flag{display:inline-block;background:#fdecdf;color:var(--warn);border-radius:10px;padding:1px 8px;margin:1px;
 font-size:12px}
 .err{color:var(--bad);word-break:break-word}
+.cancelled{background:#fdecdf;border:1px solid #f0c8a8;border-radius:8px;padding:8px 12px;margin:10px 0 0}
 dl{margin:0;display:grid;grid-template-columns:auto auto;gap:0 10px;font-size:12px}dt{color:var(--muted)}dd{margin:0}
 .name{overflow-wrap:anywhere;font-weight:600}
 td:first-child{min-width:140px;max-width:240px}
@@ -560,6 +561,18 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
     return f'<div class="cards">{"".join(cards)}</div><div class="cards">{timing_cards}</div>{error_list}'
 
 
+def _cancelled_note(batch: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """For a cancelled batch, what became of its photos: which ran before the cancel and which never did."""
+    if batch.get("status") != "cancelled":
+        return ""
+    counts = summary.get("counts") or {}
+    ran = ", ".join(f"{_fmt(counts.get(s, 0))} {s}" for s in ("succeeded", "failed"))
+    return (
+        f'<p class="cancelled">This batch was cancelled: {_fmt(counts.get("cancelled", 0))} photos were never '
+        f"processed; {ran} before or while it was cancelled.</p>"
+    )
+
+
 def render_html(
     report: dict,
     images: ImageSource,
@@ -600,6 +613,7 @@ def render_html(
         f'<div class="muted">model <b>{_e(model.get("name"))}</b> · checkpoint '
         f'<code title="{_e(sha)}">{_e(sha[:12] or "–")}</code></div>'
     )
+    header += _cancelled_note(batch, summary)
     if not jobs:
         body = '<p class="muted">No photos in this batch.</p>'
     else:

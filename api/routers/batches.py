@@ -44,6 +44,7 @@ from api.schemas import (
     Rejected,
     SubmitOut,
     SubmitRequest,
+    Text,
     UploadsOut,
     UploadsRequest,
 )
@@ -118,7 +119,7 @@ def require_open_batch(ctx: ApiContext, tenant_id: str, batch_id: str) -> None:
         if batch is None:
             raise not_found("batch")
         if batch.status != "open":
-            raise ApiError(409, "batch_not_open", f"batch is {batch.status}; only open batches take new photos")
+            raise ApiError("batch_not_open", f"batch is {batch.status}; only open batches take new photos")
 
 
 def _create_jobs(ctx: ApiContext, tenant_id: str, batch_id: str, images: list[CheckedImage],
@@ -131,7 +132,7 @@ def _create_jobs(ctx: ApiContext, tenant_id: str, batch_id: str, images: list[Ch
         except NotFound as exc:
             raise not_found("batch") from exc
         except InvalidTransition as exc:  # submitted or cancelled while the files were arriving
-            raise ApiError(409, "batch_not_open", str(exc)) from exc
+            raise ApiError("batch_not_open", str(exc)) from exc
         ids = [
             repo.create_job(s, tenant_id, batch_id, img.key, img.staged.sha256, img.staged.name,
                             img.staged.size).id
@@ -141,7 +142,7 @@ def _create_jobs(ctx: ApiContext, tenant_id: str, batch_id: str, images: list[Ch
         if submit:
             if not (ids or sum(repo.batch_status_counts(s, batch_id).values())
                     or repo.pending_archive_count(s, batch_id)):
-                raise ApiError(422, "batch_empty", "the batch has no photos; upload some before submitting")
+                raise ApiError("batch_empty", "the batch has no photos; upload some before submitting")
             repo.submit_batch(s, tenant_id, batch_id)
     return ids, archive_ids
 
@@ -162,15 +163,15 @@ def create_batch(
     """A new open batch; its options apply to every photo added to it."""
     options = body.options.model_dump()
     if options["reference_mode"] == "manual" and not options["reference_id"]:
-        raise ApiError(422, "validation_error", "reference_mode 'manual' needs a reference_id")
+        raise ApiError("validation_error", "reference_mode 'manual' needs a reference_id")
     if options["reference_id"] and options["reference_mode"] != "manual":
-        raise ApiError(422, "validation_error", "reference_id is only used with reference_mode 'manual'")
+        raise ApiError("validation_error", "reference_id is only used with reference_mode 'manual'")
     require_reference(ctx, principal.tenant_id, options["reference_id"])
     if body.webhook_url:
         try:
             check_url_syntax(body.webhook_url, ctx.settings.webhook_allow_private)
         except WebhookTargetError as exc:
-            raise ApiError(422, "webhook_url_not_allowed", str(exc)) from exc
+            raise ApiError("webhook_url_not_allowed", str(exc)) from exc
     with ctx.session() as s:
         batch = repo.create_batch(s, principal.tenant_id, body.name, options, body.webhook_url)
         return batch_out(s, batch)
@@ -178,7 +179,7 @@ def create_batch(
 
 @router.get("", response_model=BatchPage, responses=error_responses(401, 422), summary="List batches")
 def list_batches(
-    cursor: str | None = Query(None, max_length=200, description="from the previous page's next_cursor"),
+    cursor: Text | None = Query(None, max_length=200, description="from the previous page's next_cursor"),
     limit: int = Query(50, ge=1, le=200),
     principal: Principal = Depends(require_tenant),
     ctx: ApiContext = Depends(get_context),
@@ -207,7 +208,7 @@ def get_batch(
 def list_jobs(
     batch_id: str,
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = Query(None),
-    cursor: str | None = Query(None, max_length=200),
+    cursor: Text | None = Query(None, max_length=200),
     limit: int = Query(100, ge=1, le=1000),
     principal: Principal = Depends(require_tenant),
     ctx: ApiContext = Depends(get_context),
@@ -279,7 +280,7 @@ def _accept_archive(ctx: ApiContext, tenant_id: str, batch_id: str, name: str, k
             return repo.add_archive(s, tenant_id, batch_id, name, key, size).id
     except InvalidTransition as exc:
         ctx.store.delete(key)
-        raise ApiError(409, "batch_not_open", str(exc)) from exc
+        raise ApiError("batch_not_open", str(exc)) from exc
     except NotFound as exc:
         raise not_found("batch") from exc
 
@@ -346,14 +347,14 @@ def presign_uploads(
     for name in body.files:
         stored = safe_filename(name)
         if stored in seen and seen[stored] != name:
-            raise ApiError(422, "validation_error", f"{name!r} and {seen[stored]!r} would be stored under one name")
+            raise ApiError("validation_error", f"{name!r} and {seen[stored]!r} would be stored under one name")
         seen[stored] = name
     uploads: list[PresignedUpload] = []
     for stored, name in seen.items():
         url = ctx.store.presigned_put_url(upload_key(principal.tenant_id, batch_id, stored),
                                           expires_s=PRESIGNED_EXPIRES_S)
         if url is None:
-            raise ApiError(409, "presigned_unavailable",
+            raise ApiError("presigned_unavailable",
                            "presigned uploads need S3 storage; upload through /photos or /archive instead")
         uploads.append(PresignedUpload(name=name, stored_name=stored, url=url, expires_in_s=PRESIGNED_EXPIRES_S))
     return UploadsOut(uploads=uploads)
@@ -369,7 +370,7 @@ def _staged_uploads(ctx: ApiContext, tenant_id: str, batch_id: str,
     wanted = list(dict.fromkeys(safe_filename(n) for n in names))
     missing = [n for n in wanted if n not in present]
     if missing:
-        raise ApiError(422, "upload_missing", f"{len(missing)} named file(s) were not uploaded: {missing[:10]}",
+        raise ApiError("upload_missing", f"{len(missing)} named file(s) were not uploaded: {missing[:10]}",
                        details=missing)
     return [(present[n], n) for n in wanted]
 
@@ -442,16 +443,19 @@ def submit_batch(
 def cancel_batch(
     batch_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
 ) -> BatchCancelled:
-    """Queued jobs are cancelled, running ones finish. Cancelling twice is harmless; a finished batch
-    cannot be cancelled (409 ``batch_finished``)."""
+    """Queued jobs are cancelled, running ones finish. Once none is left running the batch gets its
+    ``finished_at``, its report (what finished, what was cancelled) and its webhook. Cancelling twice is
+    harmless; a finished batch cannot be cancelled (409 ``batch_finished``)."""
     checked_id(batch_id, "batch")
     with ctx.session() as s:
         batch = repo.get_batch(s, principal.tenant_id, batch_id)
         if batch is None:
             raise not_found("batch")
         if batch.status == "finished":
-            raise ApiError(409, "batch_finished", "the batch has finished; there is nothing left to cancel")
+            raise ApiError("batch_finished", "the batch has finished; there is nothing left to cancel")
         cancelled = repo.cancel_batch(s, principal.tenant_id, batch_id) if batch.status != "cancelled" else 0
+    if ctx.eager:  # no beat process: settle it (report, webhook) here if nothing is left running
+        ctx.finish_batches()
     return BatchCancelled(batch=load_batch(ctx, principal.tenant_id, batch_id), cancelled_jobs=cancelled)
 
 
@@ -465,7 +469,8 @@ def cancel_batch(
 def get_report(
     batch_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
 ) -> HTMLResponse:
-    """Written when the batch finishes; 404 ``report_not_ready`` until then."""
+    """Written when the batch finishes, or for a cancelled batch once none of its jobs is left running;
+    404 ``report_not_ready`` until then."""
     checked_id(batch_id, "batch")
     with ctx.session(readonly=True) as s:
         batch = repo.get_batch(s, principal.tenant_id, batch_id)
@@ -473,11 +478,12 @@ def get_report(
             raise not_found("batch")
         status, key = batch.status, batch.report_key
     if not key:
-        raise ApiError(404, "report_not_ready", f"batch is {status}; the report is written when it finishes")
+        when = "once its running jobs have ended" if status == "cancelled" else "when it finishes"
+        raise ApiError("report_not_ready", f"batch is {status}; the report is written {when}")
     try:
         html = ctx.store.get_bytes(key)
     except ObjectNotFound as exc:
-        raise ApiError(404, "report_not_ready", "the report is not in storage yet") from exc
+        raise ApiError("report_not_ready", "the report is not in storage yet") from exc
     return HTMLResponse(html, headers=REPORT_HEADERS)
 
 

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiContext, Principal, checked_id, get_context, require_tenant
 from api.errors import ApiError, error_responses, input_error, not_found
+from api.routers.references import require_colour_reference
 from api.schemas import ID_PATTERN, JOB_UPLOAD_BODY, JobDetail, JobOut
 from api.uploads import (
     MultipartLimits,
@@ -41,20 +42,20 @@ def job_options(fields: dict[str, str], reference_upload: bool) -> dict[str, str
     """Options of a single job from its form fields; 422 for contradictions."""
     fmt = fields.get("output_format", "png")
     if fmt not in ("png", "jpeg", "tiff16"):
-        raise ApiError(422, "validation_error", "output_format must be one of png, jpeg, tiff16")
+        raise ApiError("validation_error", "output_format must be one of png, jpeg, tiff16")
     ref_id = fields.get("reference_id")
     if ref_id is not None and not re.fullmatch(ID_PATTERN, ref_id):
-        raise ApiError(422, "validation_error", "reference_id is not an id")
+        raise ApiError("validation_error", "reference_id is not an id")
     if ref_id and reference_upload:
-        raise ApiError(422, "validation_error", "send either reference_id or a reference file, not both")
+        raise ApiError("validation_error", "send either reference_id or a reference file, not both")
     has_ref = bool(ref_id) or reference_upload
     mode = fields.get("reference_mode") or ("manual" if has_ref else "auto")
     if mode not in ("auto", "manual", "none"):
-        raise ApiError(422, "validation_error", "reference_mode must be one of auto, manual, none")
+        raise ApiError("validation_error", "reference_mode must be one of auto, manual, none")
     if mode == "manual" and not has_ref:
-        raise ApiError(422, "validation_error", "reference_mode 'manual' needs reference_id or a reference file")
+        raise ApiError("validation_error", "reference_mode 'manual' needs reference_id or a reference file")
     if mode != "manual" and has_ref:
-        raise ApiError(422, "validation_error", f"a reference was given but reference_mode is {mode!r}")
+        raise ApiError("validation_error", f"a reference was given but reference_mode is {mode!r}")
     return {"reference_mode": mode, "reference_id": ref_id, "output_format": fmt}
 
 
@@ -64,7 +65,7 @@ def require_reference(ctx: ApiContext, tenant_id: str, ref_id: str | None) -> No
         return
     with ctx.session(readonly=True) as s:
         if repo.get_reference(s, tenant_id, ref_id) is None:
-            raise ApiError(422, "unknown_reference", f"reference {ref_id} does not exist")
+            raise ApiError("unknown_reference", f"reference {ref_id} does not exist")
 
 
 def _create_job(
@@ -87,6 +88,7 @@ def _create_job(
             ref_info = inspect_image(reference, max_pixels)
         except PikFixInputError as exc:
             raise input_error(exc, f"reference {reference.name}") from exc
+        require_colour_reference(reference, max_pixels)
     require_reference(ctx, tenant_id, options["reference_id"])
 
     key = store_image(ctx.store, tenant_id, photo, info)
@@ -133,7 +135,7 @@ async def create_job(
         files = [f for f in photos if f.field == "file"]
         refs = [f for f in photos if f.field == "reference"]
         if len(files) != 1 or len(refs) > 1:
-            raise ApiError(422, "validation_error", "send exactly one 'file' and at most one 'reference'")
+            raise ApiError("validation_error", "send exactly one 'file' and at most one 'reference'")
         options = job_options(take_fields(form, JOB_FIELDS), reference_upload=bool(refs))
         job_id, to_index = await run_in_threadpool(
             _create_job, ctx, principal, files[0], refs[0] if refs else None, options
@@ -185,7 +187,7 @@ def get_result(
             raise not_found("job")
         status, key, fmt, name = job.status, job.output_key, job.output_format, job.input_name
     if status != "succeeded" or not key:
-        raise ApiError(409, "job_not_finished", f"job is {status}; a result exists once it has succeeded")
+        raise ApiError("job_not_finished", f"job is {status}; a result exists once it has succeeded")
     filename = download_name(name, fmt)
     url = ctx.store.presigned_get_url(key, expires_s=RESULT_URL_EXPIRES_S, filename=filename)
     if url:
@@ -194,7 +196,7 @@ def get_result(
         size = ctx.store.size(key)
         stream = ctx.store.open_stream(key)
     except ObjectNotFound as exc:
-        raise ApiError(404, "result_missing", "the result is no longer in storage; retry the job") from exc
+        raise ApiError("result_missing", "the result is no longer in storage; retry the job") from exc
 
     def chunks():
         with stream:
@@ -226,7 +228,7 @@ def retry_job(
     except NotFound as exc:
         raise not_found("job") from exc
     except InvalidTransition as exc:
-        raise ApiError(409, "job_not_retryable", str(exc)) from exc
+        raise ApiError("job_not_retryable", str(exc)) from exc
     ctx.dispatch(principal.tenant_id)
     return load_job(ctx, principal.tenant_id, job_id)
 
@@ -256,8 +258,8 @@ def resend_job(
     except NotFound as exc:
         raise not_found("job") from exc
     except JobStillRunning as exc:
-        raise ApiError(409, "job_still_running", str(exc)) from exc
+        raise ApiError("job_still_running", str(exc)) from exc
     except InvalidTransition as exc:
-        raise ApiError(409, "job_not_resendable", str(exc)) from exc
+        raise ApiError("job_not_resendable", str(exc)) from exc
     ctx.dispatch(principal.tenant_id)
     return load_job(ctx, principal.tenant_id, job_id)

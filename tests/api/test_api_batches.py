@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import MAX_REQUEST, MAX_UPLOAD, jpeg_bytes, png_bytes, zip_bytes
+from pg_harness import postgres_s3_api
 
 from db import repository as repo
 from db.session import session_scope
@@ -305,6 +308,65 @@ def test_cancel_rules(api):
     api.client.post(f"/v1/batches/{finished['id']}/photos", headers=api.a, files=photos(("a.png", png_bytes())))
     assert api.client.post(f"/v1/batches/{finished['id']}/submit", headers=api.a).json()["batch"]["status"] == "finished"
     assert error_of(api.client.post(f"/v1/batches/{finished['id']}/cancel", headers=api.a)) == (409, "batch_finished")
+
+
+@pytest.fixture
+def pg_api(tmp_path, shared_models, postgres_url, s3_bucket):
+    with postgres_s3_api(tmp_path, shared_models, postgres_url, s3_bucket) as harness:
+        yield harness
+
+
+def _run_finish_batches() -> list[str]:
+    """The beat's maintenance task, run here (the API's runtime is the eager one)."""
+    from workers.maintenance import finish_batches
+
+    return finish_batches.apply().get()
+
+
+def test_a_cancelled_batch_gets_its_report_once_nothing_runs(pg_api):
+    """The report is written when the jobs still running at the cancel have ended, and shows what each
+    photo became: finished before, finished while cancelling, or cancelled unprocessed."""
+    api = pg_api
+    batch = new_batch(api)
+    url = f"/v1/batches/{batch['id']}"
+    r = api.client.post(f"{url}/photos", headers=api.a, files=photos(("done.png", png_bytes())))
+    assert r.json()["jobs"][0]["status"] == "succeeded"
+    ids = queued_jobs(api, batch["id"], 3)
+    with session_scope(api.database_url) as s:
+        attempt = repo.claim_job(s, ids[0], "w1", max_attempts=3).attempt
+
+    r = api.client.post(f"{url}/cancel", headers=api.a)
+    assert r.status_code == 200 and r.json()["cancelled_jobs"] == 2
+    cancelled = r.json()["batch"]
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is None and cancelled["report_url"] is None
+    assert _run_finish_batches() == []  # one job still runs: its outcome belongs in the report
+    r = api.client.get(f"{url}/report", headers=api.a)
+    assert error_of(r) == (404, "report_not_ready") and "running jobs" in r.json()["error"]["message"]
+
+    with session_scope(api.database_url) as s:
+        assert repo.complete_job(s, ids[0], attempt, f"{api.tenant_a}/results/{ids[0]}.png")
+    assert _run_finish_batches() == [batch["id"]]
+    assert _run_finish_batches() == []  # once
+
+    settled = api.client.get(url, headers=api.a).json()
+    assert settled["status"] == "cancelled" and settled["finished_at"] and settled["report_url"] == f"{url}/report"
+    r = api.client.get(settled["report_url"], headers=api.a)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "This batch was cancelled: 2 photos were never processed; 2 succeeded, 0 failed" in r.text
+    assert "done.png" in r.text
+    report_json = api.store.get_bytes(f"{api.tenant_a}/reports/{batch['id']}/report.json")
+    counts = json.loads(report_json)["summary"]["counts"]
+    assert counts == {"queued": 0, "running": 0, "succeeded": 2, "failed": 0, "cancelled": 2}
+
+
+def test_a_cancelled_batch_with_nothing_running_has_its_report_at_once(pg_api):
+    api = pg_api
+    batch = new_batch(api)
+    queued_jobs(api, batch["id"], 2)
+    r = api.client.post(f"/v1/batches/{batch['id']}/cancel", headers=api.a)
+    assert r.json()["batch"]["finished_at"] and r.json()["batch"]["report_url"]
+    report = api.client.get(r.json()["batch"]["report_url"], headers=api.a)
+    assert report.status_code == 200 and "2 photos were never processed" in report.text
 
 
 def test_unknown_batch_is_404_everywhere(api):

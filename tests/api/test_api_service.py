@@ -212,3 +212,47 @@ def test_unexpected_errors_are_500_without_details(api):
         r = client.get("/boom")
     assert error_of(r) == (500, "internal_error")
     assert "secret" not in r.text
+
+
+def test_405_allow_lists_exactly_the_methods_the_path_takes(api):
+    """One path is often served by several routes (``GET`` and ``DELETE /v1/references/{id}``); a 405's
+    ``Allow`` names every method that path takes, no more and no fewer."""
+    spec = api.client.get("/openapi.json").json()
+    paths = [*spec["paths"], "/docs", "/openapi.json", "/docs/assets/{name}"]
+    probes = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    checked = 0
+    for template in paths:
+        url = template.replace("{name}", "swagger-ui.css")
+        for param in ("job_id", "batch_id", "reference_id"):
+            url = url.replace("{" + param + "}", "00000000-0000-4000-8000-000000000000")
+        answers = {m: api.client.request(m, url, headers=api.a) for m in probes}
+        taken = {m for m, r in answers.items() if r.status_code != 405}
+        if template in spec["paths"]:
+            assert {m.upper() for m in spec["paths"][template]} <= taken, template
+        for method, r in answers.items():
+            if r.status_code == 405:
+                if method != "HEAD":  # a HEAD answer has no body
+                    assert error_of(r) == (405, "method_not_allowed")
+                allowed = {m.strip() for m in r.headers["allow"].split(",")}
+                assert allowed == taken, (method, template, r.headers["allow"])
+                checked += 1
+    assert checked > 50
+
+
+def test_docs_load_swagger_ui_from_this_server_only(api):
+    """``/docs`` on an offline host: the page and every file it loads come from the API itself."""
+    page = api.client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text) + re.findall(r"url: '([^']+)'", page.text)
+    assert len(urls) >= 4
+    external = [u for u in urls if "//" in u or not u.startswith("/")]
+    assert not external, external
+    assert "validatorUrl" in page.text  # no badge fetched from the public validator either
+    for url in urls:
+        r = api.client.get(url)
+        assert r.status_code == 200 and r.content, url
+    js = api.client.get("/docs/assets/swagger-ui-bundle.js")
+    assert js.headers["content-type"].startswith("text/javascript") and len(js.content) > 500_000
+    assert "swagger" in api.client.get("/docs/assets/swagger-ui.css").text.lower()
+    assert error_of(api.client.get("/docs/assets/..%2Fpyproject.toml")) == (404, "not_found")
+    assert error_of(api.client.get("/docs/assets/index.html")) == (404, "not_found")

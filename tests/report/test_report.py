@@ -424,3 +424,13 @@ def test_image_budget_keeps_previews_for_flagged_photos_first():
         page.index('id="job-late-failure"') : page.index("</tr>", page.index('id="job-late-failure"'))
     ]
     assert failed_row.count("<img ") == 3
+
+
+def test_a_cancelled_batch_says_what_ran_and_what_never_did():
+    jobs = [job("a"), job("b"), job("c", status="failed"), job("d", status="cancelled"), job("e", status="cancelled")]
+    page = render_html(build_report({**BATCH, "status": "cancelled"}, MODEL, jobs), no_images)
+    assert "This batch was cancelled: 2 photos were never processed; 2 succeeded, 1 failed" in page
+    for name in ("d.jpg", "e.jpg"):  # the cancelled photos are listed, with their status
+        assert name in page
+    finished = render_html(build_report(BATCH, MODEL, jobs[:3]), no_images)
+    assert "was cancelled" not in finished
