@@ -30,7 +30,8 @@ def _by_sha(s: Session, tenant_id: str, sha256: str) -> Reference | None:
 def add_reference(s: Session, tenant_id: str, name: str, object_key: str, sha256: str) -> Reference:
     """Register a photo; the same bytes uploaded twice give back the existing row.
 
-    A previously deleted photo uploaded again is revived as ``pending`` so it is indexed afresh.
+    A previously deleted photo uploaded again is revived as ``pending`` so it is indexed afresh; so is
+    one that failed, since the upload that brings it back has passed the checks again.
     """
     existing = _by_sha(s, tenant_id, sha256)
     if existing is None:
@@ -50,7 +51,7 @@ def add_reference(s: Session, tenant_id: str, name: str, object_key: str, sha256
             existing = _by_sha(s, tenant_id, sha256)
             if existing is None:
                 raise
-    if existing.status == REF_DELETED:
+    if existing.status in (REF_DELETED, REF_FAILED):
         existing.status = REF_PENDING
         existing.name = name
         existing.object_key = object_key
@@ -61,10 +62,15 @@ def add_reference(s: Session, tenant_id: str, name: str, object_key: str, sha256
 
 
 def mark_reference_indexed(s: Session, ref_id: str, descriptor_bytes: bytes) -> bool:
-    """Store the descriptor; ``False`` if the reference was deleted meanwhile (or does not exist)."""
+    """Store the descriptor; ``False`` if the reference was deleted or failed meanwhile (or does not exist).
+
+    ``failed`` holds until the photo is uploaded again: a restore worker that found the photo unusable
+    (not a colour photo) may have marked it so while its index task was still queued, and that task
+    must not put it back into the corpus.
+    """
     result = s.execute(
         update(Reference)
-        .where(Reference.id == ref_id, Reference.status != REF_DELETED)
+        .where(Reference.id == ref_id, Reference.status.in_((REF_PENDING, REF_INDEXED)))
         .values(status=REF_INDEXED, descriptor=descriptor_bytes, indexed_at=utcnow(), error=None)
         .execution_options(synchronize_session="fetch")
     )

@@ -117,6 +117,8 @@ def _run(runtime: WorkerRuntime, job_id: str) -> JobOutcome:
     restorer = runtime.restorer
     try:
         result = restorer.restore(decoded, reference=chosen.image, reference_id=chosen.reference_id)
+    except PikFixInputError as exc:  # bad input found by the model's own checks: the job's fault, not a bug
+        return fail(exc.code, exc.message)
     except (torch.OutOfMemoryError, MemoryError) as exc:
         del decoded
         gc.collect()

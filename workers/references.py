@@ -1,6 +1,10 @@
 """Choosing the colour reference for a job: the user's choice, else top-1 retrieval from the tenant's
 indexed corpus, else a recorded fallback.
 
+A reference that cannot be used (not a colour photo, gone from storage, undecodable) is marked
+``failed`` when a job meets it: retrieval then skips it, and a user's explicit choice of it fails the
+job with ``bad_reference``. Neither ever becomes an ``internal_error``.
+
 The tenant's descriptors are read from the database and kept as an in-memory ``ReferenceIndex`` per
 process, rebuilt only when the set of indexed references changes, so a query scores the whole corpus
 in one vectorised pass.
@@ -20,10 +24,12 @@ from db import repository as repo
 from db.session import session_scope
 from pikfix import imageio
 from pikfix.errors import PikFixInputError
-from pikfix.retrieval import Candidate, ReferenceIndex
+from pikfix.retrieval import Candidate, ReferenceIndex, check_reference_colour
 from pikfix.storage import ObjectNotFound
 
 log = logging.getLogger(__name__)
+
+REFERENCE_NOT_COLOUR = "reference_not_colour"
 
 
 @dataclass
@@ -94,43 +100,103 @@ def _load_reference_image(runtime, ref) -> Any:
         raise PikFixInputError("bad_reference", f"reference {ref.id} cannot be decoded: {exc.message}") from exc
 
 
-def choose_reference(runtime, tenant_id: str, decoded, mode: str, reference_id: str | None, top_k: int = 5):
-    if mode == "manual":
-        if not reference_id:
-            raise PikFixInputError("bad_reference", "manual reference mode without a reference id")
-        with session_scope(runtime.database_url) as s:
-            ref = repo.get_reference(s, tenant_id, reference_id)
-            if ref is None or ref.status == "deleted":
-                raise PikFixInputError("bad_reference", f"reference {reference_id} does not exist")
-            s.expunge(ref)
-        image = _load_reference_image(runtime, ref)
-        return ChosenReference("manual", ref.id, ref.name, image, score=None)
+def colour_problem(decoded) -> str | None:
+    """Why a decoded photo cannot be a colour reference (stored as the reference's error), or ``None``.
 
-    if mode == "auto":
-        with session_scope(runtime.database_url) as s:
-            rows = repo.indexed_descriptors(s, tenant_id)
-        if rows:
-            index = INDEX_CACHE.get(tenant_id, rows, runtime.extractor)
-            query = runtime.extractor.describe(decoded.rgb)
-            candidates: list[Candidate] = index.query(query, k=top_k)
-            best = candidates[0]
-            with session_scope(runtime.database_url) as s:
-                ref = repo.get_reference(s, tenant_id, best.id)
-                s.expunge(ref)
-            image = _load_reference_image(runtime, ref)
+    The same test the upload applies; here it also catches references that came in before it existed.
+    """
+    check = check_reference_colour(decoded.rgb)
+    return None if check.is_colour else f"{REFERENCE_NOT_COLOUR}: {check.reason()}"
+
+
+def _quarantine(runtime, ref_id: str, problem: str) -> None:
+    """Mark a reference that cannot be used ``failed``, so retrieval stops offering it."""
+    with session_scope(runtime.database_url) as s:
+        repo.mark_reference_failed(s, ref_id, problem)
+    log.warning("reference %s taken out of the corpus: %s", ref_id, problem)
+
+
+def _usable_reference(runtime, tenant_id: str, ref_id: str) -> tuple[Any, Any] | None:
+    """The reference row and its decoded photo, or ``None``: deleted meanwhile, or unusable (then quarantined)."""
+    with session_scope(runtime.database_url) as s:
+        ref = repo.get_reference(s, tenant_id, ref_id)
+        if ref is None:  # deleted since the index was read
+            return None
+        s.expunge(ref)
+    try:
+        image = _load_reference_image(runtime, ref)
+    except PikFixInputError as exc:
+        _quarantine(runtime, ref.id, f"{exc.code}: {exc.message}")
+        return None
+    problem = colour_problem(image)
+    if problem:
+        _quarantine(runtime, ref.id, problem)
+        return None
+    return ref, image
+
+
+def _manual_reference(runtime, tenant_id: str, reference_id: str | None) -> ChosenReference:
+    """The user's choice; one that cannot be used fails the job with ``bad_reference``."""
+    if not reference_id:
+        raise PikFixInputError("bad_reference", "manual reference mode without a reference id")
+    with session_scope(runtime.database_url) as s:
+        ref = repo.get_reference(s, tenant_id, reference_id)
+        if ref is None or ref.status == "deleted":
+            raise PikFixInputError("bad_reference", f"reference {reference_id} does not exist")
+        s.expunge(ref)
+    image = _load_reference_image(runtime, ref)
+    problem = colour_problem(image)
+    if problem:
+        _quarantine(runtime, ref.id, problem)
+        raise PikFixInputError("bad_reference", f"reference {ref.id} ({ref.name}) cannot be used: {problem}")
+    return ChosenReference("manual", ref.id, ref.name, image, score=None)
+
+
+def _retrieved_reference(runtime, tenant_id: str, decoded, top_k: int) -> ChosenReference | None:
+    """Top-1 retrieval over the usable corpus, or ``None`` when nothing usable is indexed.
+
+    Candidates are tried best first; one that turns out unusable (grey, indexed before the colour
+    check existed, or gone from storage) is quarantined and the next is tried, so a bad reference
+    never fails a job. Each quarantine removes a reference for good, so the loop ends.
+    """
+    with session_scope(runtime.database_url) as s:
+        rows = repo.indexed_descriptors(s, tenant_id)
+    if not rows:
+        return None
+    query = runtime.extractor.describe(decoded.rgb)
+    unusable: set[str] = set()
+    while rows := [row for row in rows if row[0] not in unusable]:
+        index = INDEX_CACHE.get(tenant_id, rows, runtime.extractor)
+        candidates: list[Candidate] = index.query(query, k=top_k)
+        for cand in candidates:
+            found = _usable_reference(runtime, tenant_id, cand.id)
+            if found is None:
+                unusable.add(cand.id)
+                continue
+            ref, image = found
+            kept = [c for c in candidates if c.id not in unusable]
             rows_out = [
                 {
                     "reference_id": c.id,
-                    "rank": c.rank,
+                    "rank": rank,
                     "total": float(c.total),
                     "texture": float(c.texture),
                     "structure": float(c.structure),
-                    "used": c.rank == 1,
+                    "used": c.id == ref.id,
                     "source": "retrieval",
                 }
-                for c in candidates
+                for rank, c in enumerate(kept, start=1)
             ]
-            return ChosenReference("retrieval", ref.id, ref.name, image, float(best.total), rows_out)
-        log.info("tenant %s has no indexed references: grey fallback", tenant_id)
+            return ChosenReference("retrieval", ref.id, ref.name, image, float(cand.total), rows_out)
+    return None
 
+
+def choose_reference(runtime, tenant_id: str, decoded, mode: str, reference_id: str | None, top_k: int = 5):
+    if mode == "manual":
+        return _manual_reference(runtime, tenant_id, reference_id)
+    if mode == "auto":
+        chosen = _retrieved_reference(runtime, tenant_id, decoded, top_k)
+        if chosen is not None:
+            return chosen
+        log.info("tenant %s has no usable indexed references: grey fallback", tenant_id)
     return ChosenReference("fallback")

@@ -102,3 +102,22 @@ def test_stale_pending_references_are_found_for_reindexing(url: str) -> None:
     with session_scope(url) as s:
         assert stale_pending_references(s, utcnow(), older_than_s=600) == [old]
         assert set(stale_pending_references(s, utcnow() + timedelta(seconds=1), older_than_s=0.0)) == {old, new}
+
+
+def test_a_failed_reference_stays_out_of_the_corpus_until_uploaded_again(url: str) -> None:
+    """A restore worker marks a grey photo ``failed`` while its index task may still be queued."""
+    blob = bytes(range(256))
+    with session_scope(url) as s:
+        tenant = create_tenant(s, "grey").id
+        grey = add_reference(s, tenant, "grey.jpg", "refs/g", "g" * 64).id
+    with session_scope(url) as s:
+        assert mark_reference_failed(s, grey, "reference_not_colour: not a colour photo")
+        assert not mark_reference_indexed(s, grey, blob)  # the late index task cannot put it back
+    with session_scope(url) as s:
+        assert indexed_descriptors(s, tenant) == []
+        assert get_reference(s, tenant, grey).status == "failed"
+        again = add_reference(s, tenant, "grey-rescanned.jpg", "refs/g2", "g" * 64)
+        assert (again.id, again.status, again.error, again.object_key) == (grey, "pending", None, "refs/g2")
+    with session_scope(url) as s:
+        assert mark_reference_indexed(s, grey, blob)
+        assert indexed_descriptors(s, tenant) == [(grey, blob)]

@@ -315,7 +315,7 @@ def test_batch_is_restored_by_the_worker(cluster: Cluster) -> None:
 
 def test_auto_mode_records_retrieval_candidates(cluster: Cluster) -> None:
     tenant = cluster.new_tenant()
-    refs = {f"ref{i}.jpg": photo_bytes(80, 64, seed=20 + i, colour=True) for i in range(3)}
+    refs = {f"ref{i}.jpg": photo_bytes(80, 64, seed=(20, 21, 24)[i], colour=True) for i in range(3)}
     refs["scribble.jpg"] = NOT_AN_IMAGE
     ref_ids: dict[str, str] = {}
     for name, data in refs.items():
