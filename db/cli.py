@@ -17,9 +17,17 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from db import migrate
-from db.models import DatabaseError, Tenant
+from db.models import ApiKey, DatabaseError, Tenant
 from db.session import default_url, session_scope
-from db.tenants import create_api_key, create_tenant, get_tenant_by_name_or_id, list_tenants
+from db.tenants import (
+    KEY_PREFIX,
+    create_api_key,
+    create_tenant,
+    get_tenant_by_name_or_id,
+    list_api_keys,
+    list_tenants,
+    revoke_api_key,
+)
 
 EXIT_USAGE = 2
 EXIT_DB = 3
@@ -109,6 +117,63 @@ def keys_create_command(args: argparse.Namespace) -> int:
         tenant_name = tenant.name
     print(plaintext)
     print(f"API key for tenant {tenant_name!r}. Store it now: it cannot be shown again.", file=sys.stderr)
+    return 0
+
+
+def _shown_key(key: ApiKey) -> str:
+    """The public part of a key, as a client would recognise the start of theirs."""
+    return f"{KEY_PREFIX}_{key.prefix}_…"
+
+
+def _when(value) -> str:
+    return f"{value:%Y-%m-%d %H:%M}Z" if value is not None else "-"
+
+
+@_handles_errors
+def keys_list_command(args: argparse.Namespace) -> int:
+    """Ids, public prefixes and use of the keys; the secrets are not stored, so they cannot be shown."""
+    with session_scope(_url(args), readonly=True) as s:
+        tenant_id = _require_tenant(s, args.tenant).id if getattr(args, "tenant", None) else None
+        rows = [
+            (k.id, _shown_key(k), k.tenant.name, k.name or "-", _when(k.created_at), _when(k.last_used_at),
+             _when(k.revoked_at) if k.revoked_at else "active")
+            for k in list_api_keys(s, tenant_id)
+        ]
+    if not rows:
+        print("no API keys; create one with `pikfix keys create TENANT`", file=sys.stderr)
+        return 0
+    header = ("ID", "KEY", "TENANT", "NAME", "CREATED", "LAST USED", "REVOKED")
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _key_reference(text: str) -> str:
+    """A key id, or a prefix given bare, as `pk_PREFIX`, as `keys list` shows it, or as the whole key."""
+    text = text.strip().removesuffix("…").removesuffix("_")
+    parts = text.split("_")
+    if len(parts) >= 2 and parts[0] == KEY_PREFIX:
+        return parts[1]
+    return text
+
+
+@_handles_errors
+def keys_revoke_command(args: argparse.Namespace) -> int:
+    reference = _key_reference(args.key_id)
+    with session_scope(_url(args)) as s:
+        matches = [k for k in list_api_keys(s) if reference in (k.id, k.prefix)]
+        if not matches:
+            raise DatabaseError(f"no API key with id or prefix {args.key_id!r}; see `pikfix keys list`")
+        (key,) = matches  # ids and prefixes are unique, and an id never looks like a prefix
+        key_id, shown, tenant_name, revoked_at = key.id, _shown_key(key), key.tenant.name, key.revoked_at
+        if revoked_at is None:
+            revoke_api_key(s, key.tenant_id, key_id)
+    if revoked_at is not None:
+        print(f"key {key_id} ({shown}, tenant {tenant_name!r}) was already revoked at {_when(revoked_at)}",
+              file=sys.stderr)
+        return 0
+    print(f"revoked key {key_id} ({shown}, tenant {tenant_name!r}); the API answers 401 to it from now on")
     return 0
 
 

@@ -107,8 +107,12 @@ def authenticate(s: Session, plaintext: str) -> Tenant | None:
     return key.tenant
 
 
-def list_api_keys(s: Session, tenant_id: str) -> list[ApiKey]:
-    return list(s.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at)))
+def list_api_keys(s: Session, tenant_id: str | None = None) -> list[ApiKey]:
+    """The tenant's keys, or every tenant's (``None``), oldest first; revoked keys included."""
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if tenant_id is not None:
+        query = query.where(ApiKey.tenant_id == tenant_id)
+    return list(s.scalars(query))
 
 
 def revoke_api_key(s: Session, tenant_id: str, key_id_or_prefix: str) -> bool:

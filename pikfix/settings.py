@@ -18,10 +18,17 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIKFIX_", env_ignore_empty=True, extra="ignore")
 
     data_dir: Path = Field(Path(".pikfix"), description="Embedded mode: SQLite file and local objects")
+    state_dir: Path | None = Field(
+        None, description="Beat's schedule and Flower's task history; default data_dir/state"
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite in data_dir")
     broker_url: str | None = Field(None, description="Celery broker (redis://...); unset = run tasks eagerly")
     storage_url: str | None = Field(None, description="s3://bucket[/prefix] or file:///path; default data_dir")
     s3_endpoint_url: str | None = Field(None, description="MinIO or any S3-compatible endpoint")
+    s3_public_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint written into presigned URLs, where clients reach the store (default: s3_endpoint_url)",
+    )
     s3_region: str | None = None
     s3_connect_timeout_s: float = 5.0
     s3_read_timeout_s: float = 60.0
@@ -76,6 +83,11 @@ class Settings(BaseSettings):
         if self.storage_url:
             return self.storage_url
         return (self.data_dir / "objects").resolve().as_uri()
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        """Where processes keep their own small state files, never the current folder."""
+        return (self.state_dir or self.data_dir / "state").resolve()
 
     @property
     def eager(self) -> bool:

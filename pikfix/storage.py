@@ -61,6 +61,10 @@ class StorageUnavailable(StorageError, RuntimeError):
     """The store could not be reached or answered with a server-side error: worth retrying."""
 
 
+class BucketMissing(StorageError):
+    """The bucket does not exist: a setup step was missed, not an outage."""
+
+
 class InvalidKey(StorageError, ValueError):
     """The key is malformed (``..``, absolute, backslash, empty segment) or collides with a folder."""
 
@@ -103,6 +107,8 @@ class ObjectStore(Protocol):
     ) -> str | None: ...
 
     def ping(self) -> bool: ...
+
+    def check(self) -> None: ...
 
     def ensure_bucket(self) -> None: ...
 
@@ -421,10 +427,19 @@ class LocalStore:
         return None
 
     def ping(self) -> bool:
-        ok = self.root.is_dir() and os.access(self.root, os.W_OK | os.X_OK)
-        if not ok:
-            log.warning("local object store %s is missing or not writable", self.root)
-        return ok
+        try:
+            self.check()
+        except StorageError as exc:
+            log.warning("%s", exc)
+            return False
+        return True
+
+    def check(self) -> None:
+        """Raise a :class:`StorageError` that says what is wrong with the folder and how to fix it."""
+        if not self.root.is_dir():
+            raise StorageError(f"object folder {self.root} does not exist; create it with `mkdir -p {self.root}`")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageError(f"object folder {self.root} is not writable by this user")
 
     def ensure_bucket(self) -> None:
         try:
@@ -519,6 +534,7 @@ class S3Store:
         secret_key: str | None = None,
         client: Any = None,
         *,
+        public_endpoint_url: str | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         max_attempts: int = 3,
@@ -537,24 +553,34 @@ class S3Store:
             validate_key(self.prefix)
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.endpoint_url = endpoint_url
+        self.public_endpoint_url = public_endpoint_url or None
         self.region = region
-        if client is None:
+
+        def make_client(endpoint: str | None) -> Any:
             config = Config(
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 retries={"total_max_attempts": max(1, int(max_attempts)), "mode": "standard"},
                 signature_version="s3v4",
                 # MinIO and most self-hosted endpoints only speak path-style addressing.
-                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                s3={"addressing_style": "path" if endpoint else "auto"},
             )
-            client = _new_s3_client(
-                endpoint_url=endpoint_url,
+            return _new_s3_client(
+                endpoint_url=endpoint,
                 region_name=region,
                 aws_access_key_id=access_key,
                 aws_secret_access_key=secret_key,
                 config=config,
             )
-        self.client = client
+
+        self.client = client if client is not None else make_client(endpoint_url)
+        # A signed URL names its host, so URLs for clients outside the service's network (compose's
+        # http://minio:9000 is not theirs) are signed by a client of the public endpoint; every call the
+        # service itself makes still goes to ``endpoint_url``.
+        if self.public_endpoint_url and self.public_endpoint_url != endpoint_url:
+            self.presign_client = make_client(self.public_endpoint_url)
+        else:
+            self.presign_client = self.client
         self.transfer_config = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=multipart_chunksize,
@@ -565,6 +591,13 @@ class S3Store:
     def __repr__(self) -> str:
         where = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
         return f"S3Store({self.url!r}{where})"
+
+    def _missing_bucket_hint(self) -> str:
+        endpoint = f" --endpoint-url {self.endpoint_url}" if self.endpoint_url else ""
+        return (
+            f"bucket {self.bucket} does not exist; create it with `aws s3 mb s3://{self.bucket}{endpoint}` "
+            f"(or `mc mb ALIAS/{self.bucket}` on MinIO)"
+        )
 
     # -- keys and errors
     def _full(self, key: str) -> str:
@@ -594,7 +627,7 @@ class S3Store:
             if code in _MISSING_CODES and key is not None:
                 return ObjectNotFound(key)
             if code == "NoSuchBucket" or (code in _MISSING_CODES and key is None):
-                return StorageUnavailable(f"{op} {where}: bucket {self.bucket!r} does not exist")
+                return StorageUnavailable(f"{op} {where}: {self._missing_bucket_hint()}")
             # Name both the S3 error code and the HTTP status: operators grep for either.
             reason = " ".join(p for p in (code, f"(HTTP {status})" if status else "", error.get("Message", "")) if p)
             if status >= 500 or code in _TRANSIENT_CODES:
@@ -707,7 +740,7 @@ class S3Store:
         if filename:
             params["ResponseContentDisposition"] = _content_disposition(filename)
         with self._errors("presign", key):
-            return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(expires_s))
+            return self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=int(expires_s))
 
     def presigned_put_url(self, key: str, expires_s: int = 3600, content_type: str | None = None) -> str:
         """A URL a client can PUT the bytes to; with ``content_type`` it must send that same header."""
@@ -715,17 +748,37 @@ class S3Store:
         if content_type:
             params["ContentType"] = content_type
         with self._errors("presign", key):
-            return self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=int(expires_s))
+            return self.presign_client.generate_presigned_url("put_object", Params=params, ExpiresIn=int(expires_s))
 
     def ping(self) -> bool:
-        """True when the bucket answers; the reason for a failure is logged (for /readyz)."""
+        """True when the bucket answers; the reason for a failure is logged."""
         try:
-            with self._errors("ping"):
-                self.client.head_bucket(Bucket=self.bucket)
+            self.check()
         except StorageError as exc:
-            log.warning("object store %s not reachable: %s", self.url, exc)
+            log.warning("object store %s: %s", self.url, exc)
             return False
         return True
+
+    def check(self) -> None:
+        """Raise a :class:`StorageError` that tells a missing bucket, refused credentials and an
+        unreachable endpoint apart, each with what to do (for /readyz and the start-up logs)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            with self._errors("head bucket"):
+                self.client.head_bucket(Bucket=self.bucket)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError):
+                code = str(cause.response.get("Error", {}).get("Code", ""))
+                if code in ("404", "NoSuchBucket", "NotFound"):
+                    raise BucketMissing(self._missing_bucket_hint()) from cause
+                if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                    raise StorageError(
+                        f"access to bucket {self.bucket} was refused ({code}); check PIKFIX_S3_ACCESS_KEY_ID, "
+                        "PIKFIX_S3_SECRET_ACCESS_KEY and the bucket's policy"
+                    ) from cause
+            raise
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (development, tests, a fresh MinIO)."""
@@ -786,6 +839,7 @@ def open_store(url: str | None = None, settings: Any = None, **options: Any) -> 
             parsed.netloc,
             prefix=unquote(parsed.path).strip("/"),
             endpoint_url=getattr(settings, "s3_endpoint_url", None),
+            public_endpoint_url=getattr(settings, "s3_public_endpoint_url", None),
             region=getattr(settings, "s3_region", None),
             access_key=getattr(settings, "s3_access_key_id", None),
             secret_key=getattr(settings, "s3_secret_access_key", None),
@@ -801,6 +855,7 @@ def open_store(url: str | None = None, settings: Any = None, **options: Any) -> 
 
 
 __all__ = [
+    "BucketMissing",
     "InvalidKey",
     "LocalStore",
     "ObjectNotFound",

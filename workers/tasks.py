@@ -1,30 +1,56 @@
-"""Celery tasks: small, idempotent, taking ids, never objects (DESIGN.md §3)."""
+"""Celery tasks: small, idempotent, taking ids, never objects (DESIGN.md §3).
+
+A restore job that ends ``failed`` ends its task as a failure too (:class:`JobFailed`, error code first),
+so Flower's failed count is the database's. Each task a worker starts is noted in the broker under the
+worker's name until it ends; a worker that starts under a name whose notes outlived their process
+reports those tasks failed (``worker_lost``), so Flower does not show a killed task as started forever.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
+import time
+import uuid
 from contextlib import contextmanager
+from reprlib import repr as short_repr
 
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, task_prerun, worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from db import repository as repo
+from db.models import TOO_MANY_ATTEMPTS
 from db.session import session_scope
-from pikfix.storage import ObjectNotFound, put_content_addressed
+from pikfix.storage import ObjectNotFound, StorageError, put_content_addressed
 from workers.app import app
 from workers.archive import ArchiveError, Member, iter_images
 from workers.dispatch import dispatch_tenant
 from workers.pipeline import TRANSIENT_ERRORS, TransientError, fail_after_retries, run_restore_job
+from workers.references import colour_problem
 from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
 MAX_TRANSIENT_RETRIES = 6
+
+
+class JobFailed(Exception):
+    """The restore job ended ``failed``; raised once its row says so, so the task is a failure in
+    Flower, with the error code first in the message. Never retried: the task retries only
+    ``TransientError``, explicitly, and a failed task's message is acknowledged."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+    def __reduce__(self):  # pickled from the pool process to the worker with the code kept apart
+        return type(self), (self.code, self.message)
 
 
 def _backoff(retries: int) -> int:
@@ -39,37 +65,76 @@ def _load_model_in_child(**_: object) -> None:
 
     dispose_engines()  # never reuse the parent's database connections in a forked child
     runtime = get_runtime()
+    if _pool_index() == 0:  # one start-up line per worker, not one per pool process
+        threading.Thread(target=_log_storage_check, args=(runtime,), name="storage-check", daemon=True).start()
     if runtime.settings.preload_model:
         runtime.restorer  # noqa: B018 - loads and caches the model
 
 
-@app.task(name="pikfix.restore_job", bind=True, acks_late=True, reject_on_worker_lost=True)
+def _pool_index() -> int | None:
+    from billiard.process import current_process
+
+    return getattr(current_process(), "index", None)
+
+
+def _log_storage_check(runtime) -> None:
+    """Say at start-up what is wrong with the object store (a missing bucket names itself), in a
+    thread: an unreachable endpoint must not hold up the pool process's start."""
+    try:
+        runtime.store.check()
+    except StorageError as exc:
+        log.error("object store: %s", exc)
+    except Exception:
+        log.exception("object store: the start-up check failed")
+    else:
+        log.info("object store: %s answered", runtime.store.url)
+
+
+@app.task(name="pikfix.restore_job", bind=True, acks_late=True, reject_on_worker_lost=True, throws=(JobFailed,))
 def restore_job(self, job_id: str) -> str:
     runtime = get_runtime()
+    eager = self.request.is_eager
     try:
-        with _heartbeat(runtime, job_id, enabled=not self.request.is_eager):
+        with _heartbeat(runtime, job_id, enabled=not eager):
             outcome = run_restore_job(runtime, job_id)
     except SoftTimeLimitExceeded:
-        _fail_active(runtime, job_id, "time_limit", f"exceeded the {runtime.settings.job_soft_time_limit_s} s time limit")
-        return "failed"
+        message = f"exceeded the {runtime.settings.job_soft_time_limit_s} s time limit"
+        _fail_active(runtime, job_id, "time_limit", message)
+        return _failed(eager, "time_limit", message)
     except TransientError as exc:
         # Each retry's claim counts an attempt: stop retrying before the dead-letter rule would hide
         # the storage/database error behind ``too_many_attempts``.
         retry_budget = min(MAX_TRANSIENT_RETRIES, runtime.settings.job_max_attempts - 1)
-        if self.request.retries >= retry_budget or self.request.is_eager:
+        if self.request.retries >= retry_budget or eager:
             fail_after_retries(runtime, job_id, exc)
-            return "failed"
+            return _failed(eager, "transient_error_exhausted", f"gave up after retries: {exc}")
         log.warning("job %s: transient error, retry %d: %s", job_id, self.request.retries + 1, exc)
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries), max_retries=MAX_TRANSIENT_RETRIES) from exc
     except Exception as exc:
         # A bug, not bad input: record it on the job (no blind retry loop) and keep the worker going.
         log.exception("job %s: unexpected error", job_id)
-        _fail_active(runtime, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
-        return "failed"
+        message = f"{type(exc).__name__}: {exc}"
+        _fail_active(runtime, job_id, "internal_error", message)
+        return _failed(eager, "internal_error", message)
     log.info("job %s %s %s", job_id, outcome.status, outcome.detail)
-    if outcome.status != "skipped" and not self.request.is_eager:
+    # This delivery's claim found the job out of attempts and moved it to failed (the dead letter).
+    dead_lettered = outcome.status == "skipped" and outcome.detail == TOO_MANY_ATTEMPTS
+    if (outcome.status != "skipped" or dead_lettered) and not eager:
         _send_next(runtime, job_id)
+    if outcome.status == "failed":
+        code, _, message = outcome.detail.partition(": ")
+        return _failed(eager, code, message)
+    if dead_lettered:
+        return _failed(eager, TOO_MANY_ATTEMPTS, f"moved to failed after {runtime.settings.job_max_attempts} attempts")
     return outcome.status
+
+
+def _failed(eager: bool, code: str, message: str) -> str:
+    """A worker's task fails with the job (:class:`JobFailed`); run in-process (the embedded mode and
+    its report) it returns ``failed``, because an eager task's exception would reach the caller."""
+    if eager:
+        return "failed"
+    raise JobFailed(code, message)
 
 
 @contextmanager
@@ -122,6 +187,104 @@ def _send_next(runtime, job_id: str) -> None:
         log.warning("could not dispatch follow-up jobs; the maintenance task will", exc_info=True)
 
 
+# --------------------------------------------------------------------------- tasks lost with their worker
+
+# Which start of its worker a note belongs to: set when the worker process imports this module, and
+# inherited by the pool processes it forks.
+_WORKER_START = uuid.uuid4().hex
+_NOTES_TTL_S = 7 * 24 * 3600  # the notes of a name never started again go away by themselves
+_notes_clients: dict[int, object] = {}
+
+
+def _notes_key(hostname: str) -> str:
+    return f"pikfix:tasks-running:{hostname}"
+
+
+def _notes_client():
+    """A Redis client on the broker for this process, or ``None`` when the broker is not Redis."""
+    from pikfix.settings import get_settings
+
+    url = get_settings().broker_url or ""
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    client = _notes_clients.get(os.getpid())
+    if client is None:  # never a client inherited through fork
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        _notes_clients.clear()
+        _notes_clients[os.getpid()] = client
+    return client
+
+
+@task_prerun.connect
+def _note_running(task_id=None, task=None, args=None, **_: object) -> None:
+    request = getattr(task, "request", None)
+    if request is None or request.is_eager or not request.hostname or not task.name.startswith("pikfix."):
+        return
+    client = _notes_client()
+    if client is None:
+        return
+    note = json.dumps(
+        {"task": task.name, "args": short_repr(list(args or ())), "start": _WORKER_START, "at": time.time()}
+    )
+    key = _notes_key(request.hostname)
+    try:
+        with client.pipeline() as pipe:
+            pipe.hset(key, task_id, note).expire(key, _NOTES_TTL_S).execute()
+    except Exception:
+        log.warning("task %s: could not note it as running", task_id, exc_info=True)
+
+
+@task_postrun.connect
+def _note_ended(task_id=None, task=None, **_: object) -> None:
+    request = getattr(task, "request", None)
+    if request is None or request.is_eager or not request.hostname or not task.name.startswith("pikfix."):
+        return
+    client = _notes_client()
+    if client is None:
+        return
+    try:
+        client.hdel(_notes_key(request.hostname), task_id)
+    except Exception:
+        log.warning("task %s: could not clear its running note", task_id, exc_info=True)
+
+
+@worker_ready.connect
+def _report_lost_tasks(sender=None, **_: object) -> None:
+    """Report the tasks an earlier run of this worker name was running when it died as failed.
+
+    Flower knows a task only from events; a SIGKILLed worker sends none, so its last task stays
+    STARTED, under a name that is online again once the worker restarts. The job itself is not
+    affected: its heartbeat lapses and the maintenance task re-sends it.
+    """
+    from billiard.exceptions import WorkerLostError
+
+    hostname = getattr(sender, "hostname", None)
+    client = _notes_client() if hostname else None
+    if client is None:
+        return
+    key = _notes_key(hostname)
+    try:
+        notes = {k.decode(): json.loads(v) for k, v in client.hgetall(key).items()}
+        lost = {task_id: note for task_id, note in notes.items() if note.get("start") != _WORKER_START}
+        if not lost:
+            return
+        error = WorkerLostError(
+            f"worker_lost: {hostname} stopped (killed or lost) while running this task; "
+            "the maintenance task re-sends its work"
+        )
+        with app.events.default_dispatcher(hostname=hostname) as events:
+            for task_id, note in lost.items():
+                events.send("task-failed", uuid=task_id, name=note.get("task"), args=note.get("args"),
+                            exception=repr(error), traceback="")
+        client.hdel(key, *lost)
+        log.warning("%d task(s) were running when %s last stopped; reported failed: %s",
+                    len(lost), hostname, ", ".join(f"{n.get('task')}[{t}]" for t, n in lost.items()))
+    except Exception:
+        log.warning("could not report the tasks lost when %s last stopped", hostname, exc_info=True)
+
+
 @app.task(name="pikfix.index_reference", bind=True, acks_late=True, reject_on_worker_lost=True)
 def index_reference(self, reference_id: str) -> str:
     runtime = get_runtime()
@@ -140,6 +303,10 @@ def index_reference(self, reference_id: str) -> str:
         except (PikFixInputError, ObjectNotFound) as exc:
             with session_scope(runtime.database_url) as s:
                 repo.mark_reference_failed(s, reference_id, str(exc))
+            return "failed"
+        if problem := colour_problem(decoded):  # a grey photo has no colour to transfer: never indexed
+            with session_scope(runtime.database_url) as s:
+                repo.mark_reference_failed(s, reference_id, problem)
             return "failed"
         descriptor = runtime.extractor.describe(decoded.rgb)
         with session_scope(runtime.database_url) as s:

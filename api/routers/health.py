@@ -4,24 +4,30 @@
 restart the API because the database is down). ``/readyz`` checks the database, the broker and the
 object store in parallel, each with a short timeout, and answers 503 naming what failed; a dependency
 that hangs cannot make the probe hang, because each check runs in a thread the probe stops waiting for.
+The object store's check also runs once at start-up, so a missed setup step (no bucket) is in the log
+before the first request fails on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from api.deps import ApiContext, get_context
+from api.errors import status_of
 from api.schemas import Check, ErrorInfo, Health, Readiness
 from db.api_queries import ping as db_ping
+from pikfix.storage import StorageError
 
-router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 2.0
 # Each dependency has its own small pool, outside the request thread pool: a hung dependency must
@@ -38,6 +44,29 @@ def _pool(name: str) -> ThreadPoolExecutor:
         if name not in _POOLS:
             _POOLS[name] = ThreadPoolExecutor(max_workers=_POOL_SIZE, thread_name_prefix=f"readyz-{name}")
         return _POOLS[name]
+
+
+async def _log_storage_check(ctx: ApiContext) -> None:
+    check = await _run_check("storage", _check_storage, ctx)
+    if check.ok:
+        log.info("object store: %s", check.detail)
+    else:
+        log.error("object store: %s", check.detail)
+
+
+@contextlib.asynccontextmanager
+async def _startup_checks(app: FastAPI) -> AsyncIterator[None]:
+    """Check the object store in the background: start-up neither waits for it nor fails on it."""
+    task = asyncio.create_task(_log_storage_check(app.state.ctx))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+router = APIRouter(tags=["health"], lifespan=_startup_checks)
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process is up")
@@ -72,9 +101,15 @@ def _check_broker(ctx: ApiContext) -> str:
     return "broker connection opened"
 
 
+class _Unready(Exception):
+    """A check's failure whose message is already the whole explanation (shown without a class name)."""
+
+
 def _check_storage(ctx: ApiContext) -> str:
-    if not ctx.store.ping():
-        raise ConnectionError(f"{ctx.store.url} is not reachable or not writable")
+    try:
+        ctx.store.check()
+    except StorageError as exc:
+        raise _Unready(str(exc)) from exc
     return f"{ctx.store.url} answered"
 
 
@@ -102,6 +137,8 @@ async def _run_check(name: str, check: Callable[[ApiContext], str], ctx: ApiCont
         ok = True
     except TimeoutError:
         ok, detail = False, f"no answer within {CHECK_TIMEOUT_S:.0f}s"
+    except _Unready as exc:
+        ok, detail = False, str(exc)[:300]
     except Exception as exc:
         ok, detail = False, f"{type(exc).__name__}: {exc}".strip()[:300]
     return Check(ok=ok, detail=detail, duration_ms=round((time.perf_counter() - start) * 1000, 1))
@@ -126,4 +163,4 @@ async def readyz(ctx: ApiContext = Depends(get_context)) -> JSONResponse:
         return JSONResponse(Readiness(status="ready", checks=checks).model_dump(mode="json"))
     error = ErrorInfo(code="not_ready", message=f"not ready: {', '.join(failed)} failed", details=failed)
     body = Readiness(status="unavailable", checks=checks, error=error)
-    return JSONResponse(body.model_dump(mode="json", exclude_none=False), status_code=503)
+    return JSONResponse(body.model_dump(mode="json", exclude_none=False), status_code=status_of("not_ready"))

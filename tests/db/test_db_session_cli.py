@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import httpx
 import pytest
+from fixtures.processes import free_port, port_open
 from sqlalchemy import text
 
 from db import cli, migrate
 from db.session import NestedTransactionError, dispose_engine, get_engine, session_scope
-from db.tenants import authenticate, create_tenant, list_tenants
+from db.tenants import authenticate, create_tenant, list_api_keys, list_tenants
+
+CLI = [sys.executable, "-m", "pikfix.cli"]
 
 
 @pytest.fixture
@@ -92,3 +101,70 @@ def test_the_package_exports_every_query() -> None:
     assert set(repository.__all__) == expected
     assert expected | {"session_scope", "get_engine", "Job", "NotFound"} <= set(db.__all__)
     assert all(getattr(db, name) is getattr(repository, name) for name in expected)
+
+
+# --------------------------------------------------------------------------- keys, over the real API
+
+
+def _run_cli(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *argv], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _ok(env: dict[str, str], *argv: str) -> str:
+    done = _run_cli(env, *argv)
+    assert done.returncode == 0, f"pikfix {' '.join(argv)}: {done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_keys_list_and_revoke_over_the_real_api(postgres_url: str, tmp_path: Path, process_group) -> None:
+    """`pikfix keys list` shows ids and prefixes, never secrets; `pikfix keys revoke` makes the running
+    API answer 401 to that key at once, and only to that key."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIKFIX_") and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(PIKFIX_DATABASE_URL=postgres_url, PIKFIX_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1")
+    _ok(env, "db", "upgrade")
+    acme_id = _ok(env, "tenants", "create", "acme").strip()
+    _ok(env, "tenants", "create", "other")
+    first, second = (_ok(env, "keys", "create", "acme").strip() for _ in range(2))
+    third = _ok(env, "keys", "create", "other").strip()
+    with session_scope(postgres_url, readonly=True) as s:
+        ids = {k.prefix: k.id for k in list_api_keys(s)}
+    first_id = ids[first.split("_")[1]]
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    process_group.start_process([*CLI, "api", "--workers", "1", "--port", str(port)], env=env,
+                                ready=lambda: port_open(port), timeout=120, name="api")
+
+    def status(key: str) -> int:
+        return httpx.get(f"{api}/v1/batches", headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code
+
+    assert status(first) == status(second) == status(third) == 200
+
+    listing = _ok(env, "keys", "list")
+    lines = listing.splitlines()
+    assert lines[0].split()[:3] == ["ID", "KEY", "TENANT"] and len(lines) == 4
+    for plaintext in (first, second, third):
+        prefix, secret = plaintext.split("_")[1], plaintext.split("_", 2)[2]
+        assert secret not in listing and f"pk_{prefix}_…" in listing and ids[prefix] in listing
+    first_row = next(line for line in lines if first_id in line)
+    assert "acme" in first_row and first_row.endswith("active")
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\dZ\s+\d{4}-\d\d-\d\d \d\d:\d\dZ\s+active$", first_row), first_row
+    only_acme = _ok(env, "keys", "list", "--tenant", acme_id)
+    assert len(only_acme.splitlines()) == 3 and "other" not in only_acme
+
+    assert "revoked key" in _ok(env, "keys", "revoke", first_id)
+    assert status(first) == 401  # the very next request, on the API that was already running
+    assert status(second) == status(third) == 200
+    again = _run_cli(env, "keys", "revoke", first_id)
+    assert again.returncode == 0 and "already revoked" in again.stderr
+    first_row = next(line for line in _ok(env, "keys", "list").splitlines() if first_id in line)
+    assert not first_row.endswith("active") and re.search(r"\d\d:\d\dZ$", first_row)
+
+    _ok(env, "keys", "revoke", f"pk_{second.split('_')[1]}_…")  # as `keys list` shows it
+    assert status(second) == 401 and status(third) == 200
+
+    unknown = _run_cli(env, "keys", "revoke", "no-such-key")
+    assert unknown.returncode == cli.EXIT_USAGE
+    assert unknown.stderr.strip() == "error: no API key with id or prefix 'no-such-key'; see `pikfix keys list`"
+    nobody = _run_cli(env, "keys", "list", "--tenant", "nobody")
+    assert nobody.returncode == cli.EXIT_USAGE and "no tenant" in nobody.stderr

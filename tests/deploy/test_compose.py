@@ -417,7 +417,30 @@ def test_flower_has_auth_state_and_no_public_port(services: dict[str, dict[str, 
     assert "PIKFIX_FLOWER_BASIC_AUTH" in environment(flower)
     assert all(str(p).startswith("127.0.0.1:") for p in flower["ports"]), "Flower's /metrics needs no login"
     state = {target for source, target, _ in service_volumes(flower) if not source.startswith((".", "/"))}
-    assert flower["working_dir"] in state, "Flower's persistent state file is written to its working dir"
+    assert environment(flower)["PIKFIX_STATE_DIR"] in state, "Flower's history (flower.db) is kept in its state dir"
+
+
+def test_beat_and_flower_keep_their_state_files_on_volumes(services: dict[str, dict[str, Any]]) -> None:
+    """`pikfix beat` and `pikfix flower` write celerybeat-schedule and flower.db to PIKFIX_STATE_DIR."""
+    for name in ("beat", "flower"):
+        svc = services[name]
+        assert "working_dir" not in svc, f"{name}: state goes to PIKFIX_STATE_DIR, not the working folder"
+        state_dir = environment(svc).get("PIKFIX_STATE_DIR")
+        named = {target for source, target, _ in service_volumes(svc) if not source.startswith((".", "/", "~"))}
+        assert state_dir in named, f"{name}: PIKFIX_STATE_DIR={state_dir} is not a named volume"
+    assert parse_pikfix(services["beat"]["command"]).schedule_file is None  # the state dir's default
+
+
+def test_presigned_urls_name_an_endpoint_clients_can_reach(services: dict[str, dict[str, Any]]) -> None:
+    """Clients outside the compose network cannot resolve `minio`: the API signs for a published address."""
+    from urllib.parse import urlparse
+
+    api = environment(services["api"])
+    internal = urlparse(api["PIKFIX_S3_ENDPOINT_URL"])
+    public = urlparse(api["PIKFIX_S3_PUBLIC_ENDPOINT_URL"])
+    assert internal.hostname == "minio" and public.hostname not in (None, "minio")
+    published = {tuple(int(n) for n in resolve_defaults(str(p)).split(":")[-2:]) for p in services["minio"]["ports"]}
+    assert (public.port, internal.port) in published, "MinIO's S3 port must be published where the endpoint points"
 
 
 def test_checkpoints_are_mounted_read_only_and_never_downloaded(services: dict[str, dict[str, Any]]) -> None:
