@@ -730,5 +730,4 @@ __all__ = [
     "resend_job",
     "resend_stuck_batch_jobs",
     "retry_job",
-    "JobStillRunning",
 ]

@@ -46,6 +46,8 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_lazy("pikfix.combine:combine_command"), configure=_lazy("pikfix.combine:add_arguments"))
     p = sub.add_parser("eval", help="evaluate a checkpoint against grey and Reinhard baselines")
     p.set_defaults(handler=_lazy("pikfix.evaluate:eval_command"), configure=_lazy("pikfix.evaluate:add_arguments"))
+    p = sub.add_parser("fit-tone", help="fit the global tone head of a checkpoint on whole photos")
+    p.set_defaults(handler=_lazy("pikfix.tonefit:fit_tone_command"), configure=_lazy("pikfix.tonefit:add_arguments"))
 
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:
@@ -66,11 +68,24 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p = t_sub.add_parser("list", help="list tenants")
     p.set_defaults(handler=_lazy("db.cli:tenants_list_command"))
 
+    jobs = sub.add_parser("jobs", help="operate on jobs")
+    j_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    p = j_sub.add_parser("resend", help="send a queued or running job (its worker died) to the workers again")
+    p.add_argument("job_id")
+    p.add_argument("--force", action="store_true", help="even though its worker still reports progress")
+    p.set_defaults(handler=_lazy("workers.cli:resend_command"))
+
     keys = sub.add_parser("keys", help="manage API keys")
     k_sub = keys.add_subparsers(dest="keys_command", required=True)
     p = k_sub.add_parser("create", help="create an API key for a tenant; printed once")
     p.add_argument("tenant", help="tenant name or id")
     p.set_defaults(handler=_lazy("db.cli:keys_create_command"))
+    p = k_sub.add_parser("list", help="list API keys (ids and public prefixes, never the secrets)")
+    p.add_argument("--tenant", default=None, help="only this tenant's keys (name or id)")
+    p.set_defaults(handler=_lazy("db.cli:keys_list_command"))
+    p = k_sub.add_parser("revoke", help="revoke an API key: the API answers 401 to it from then on")
+    p.add_argument("key_id", metavar="KEY_ID", help="the key's id, or its prefix as `keys list` shows it")
+    p.set_defaults(handler=_lazy("db.cli:keys_revoke_command"))
 
     p = sub.add_parser("api", help="serve the HTTP API (uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
@@ -87,10 +102,12 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("beat", help="run the Celery beat scheduler (exactly one per deployment)")
     p.add_argument("--loglevel", default="INFO")
-    p.add_argument("--schedule-file", default=None)
+    p.add_argument("--schedule-file", default=None, help="default: PIKFIX_STATE_DIR/celerybeat-schedule")
     p.set_defaults(handler=_lazy("workers.cli:beat_command"))
 
-    p = sub.add_parser("flower", help="run Flower against the broker (basic auth from PIKFIX_FLOWER_BASIC_AUTH)")
+    p = sub.add_parser(
+        "flower", help="run Flower against the broker (basic auth from PIKFIX_FLOWER_BASIC_AUTH, history in PIKFIX_STATE_DIR)"
+    )
     p.add_argument("--port", type=int, default=5555)
     p.add_argument("--address", default="127.0.0.1")
     p.set_defaults(handler=_lazy("workers.cli:flower_command"))
@@ -117,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure(sub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Alembic announces each of its plugins at INFO when imported, before any command could quiet it.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     result = args.handler(args)
     return int(result or 0)
 
