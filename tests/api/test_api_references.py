@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ApiHarness, jpeg_bytes, make_runtime, make_settings, png_bytes, tenant_with_key
-from fastapi.testclient import TestClient
+from conftest import ApiHarness, jpeg_bytes, png_bytes
+from pg_harness import postgres_s3_api
 from PIL import Image
 
 from db import repository as repo
-from db.migrate import upgrade
-from db.session import dispose_engine, session_scope
+from db.session import session_scope
 from pikfix.storage import put_content_addressed
 
 
@@ -145,25 +144,8 @@ def muted_colour_jpeg(seed: int = 0) -> bytes:
 @pytest.fixture
 def pg_api(tmp_path: Path, shared_models, postgres_url: str, s3_bucket) -> Iterator[ApiHarness]:
     """The ``api`` harness on a fresh PostgreSQL database and a moto S3 bucket."""
-    from api.app import create_app
-    from workers.runtime import set_runtime
-
-    env = s3_bucket.env
-    settings = make_settings(
-        tmp_path, shared_models.checkpoint, database_url=postgres_url, storage_url=env["PIKFIX_STORAGE_URL"],
-        s3_endpoint_url=env["PIKFIX_S3_ENDPOINT_URL"], s3_region=env["PIKFIX_S3_REGION"],
-        s3_access_key_id=env["PIKFIX_S3_ACCESS_KEY_ID"], s3_secret_access_key=env["PIKFIX_S3_SECRET_ACCESS_KEY"],
-    )
-    upgrade(postgres_url)
-    tenant_a, key_a = tenant_with_key(postgres_url, "bureau-a")
-    tenant_b, key_b = tenant_with_key(postgres_url, "bureau-b")
-    app = create_app(settings, runtime=make_runtime(settings, shared_models))
-    try:
-        with TestClient(app) as client:
-            yield ApiHarness(client, settings, app, tenant_a, tenant_b, key_a, key_b)
-    finally:
-        set_runtime(None)
-        dispose_engine(postgres_url)
+    with postgres_s3_api(tmp_path, shared_models, postgres_url, s3_bucket) as harness:
+        yield harness
 
 
 def _refused_alone(api: ApiHarness, name: str, data: bytes) -> dict:
