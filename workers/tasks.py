@@ -217,18 +217,24 @@ def _notes_client():
     return client
 
 
-@task_prerun.connect
-def _note_running(task_id=None, task=None, args=None, **_: object) -> None:
+def _notes_for(task):
+    """(client, key) of the worker's running-task notes, or None for eager runs and non-Redis brokers."""
     request = getattr(task, "request", None)
     if request is None or request.is_eager or not request.hostname or not task.name.startswith("pikfix."):
-        return
+        return None
     client = _notes_client()
-    if client is None:
+    return None if client is None else (client, _notes_key(request.hostname))
+
+
+@task_prerun.connect
+def _note_running(task_id=None, task=None, args=None, **_: object) -> None:
+    notes = _notes_for(task)
+    if notes is None:
         return
+    client, key = notes
     note = json.dumps(
         {"task": task.name, "args": short_repr(list(args or ())), "start": _WORKER_START, "at": time.time()}
     )
-    key = _notes_key(request.hostname)
     try:
         with client.pipeline() as pipe:
             pipe.hset(key, task_id, note).expire(key, _NOTES_TTL_S).execute()
@@ -238,14 +244,12 @@ def _note_running(task_id=None, task=None, args=None, **_: object) -> None:
 
 @task_postrun.connect
 def _note_ended(task_id=None, task=None, **_: object) -> None:
-    request = getattr(task, "request", None)
-    if request is None or request.is_eager or not request.hostname or not task.name.startswith("pikfix."):
+    notes = _notes_for(task)
+    if notes is None:
         return
-    client = _notes_client()
-    if client is None:
-        return
+    client, key = notes
     try:
-        client.hdel(_notes_key(request.hostname), task_id)
+        client.hdel(key, task_id)
     except Exception:
         log.warning("task %s: could not clear its running note", task_id, exc_info=True)
 
