@@ -281,6 +281,11 @@ class BatchCancelled(BaseModel):
     cancelled_jobs: int = Field(description="queued jobs cancelled by this call (running ones finish)")
 
 
+class BatchResent(BaseModel):
+    batch: BatchOut
+    resent_job_ids: list[str] = Field(description="jobs found stuck and sent to the workers again")
+
+
 class ArchiveInfo(BaseModel):
     id: str
     name: str

@@ -75,6 +75,14 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="even though its worker still reports progress")
     p.set_defaults(handler=_lazy("workers.cli:resend_command"))
 
+    batches = sub.add_parser("batches", help="operate on batches")
+    b_sub = batches.add_subparsers(dest="batches_command", required=True)
+    p = b_sub.add_parser("resend-stuck", help="send every stuck job of a batch (worker died, task lost) again")
+    p.add_argument("batch_id")
+    p.add_argument("--silent-for", type=float, default=None, metavar="SECONDS",
+                   help="how long a job must have been silent (default: the workers' heartbeat timeout)")
+    p.set_defaults(handler=_lazy("workers.cli:resend_stuck_command"))
+
     keys = sub.add_parser("keys", help="manage API keys")
     k_sub = keys.add_subparsers(dest="keys_command", required=True)
     p = k_sub.add_parser("create", help="create an API key for a tenant; printed once")

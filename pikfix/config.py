@@ -18,6 +18,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
+# Fields older checkpoints carry that no longer mean anything: ignored on load.
+_RETIRED = frozenset({"tone_bins"})  # the tone head's histogram size (it reads quantiles now)
+
+
 @dataclass(frozen=True)
 class PikFixConfig:
     name: str = "lite"
@@ -53,7 +57,6 @@ class PikFixConfig:
 
     # Global tone curve after restoration (our deviation, pikfix.nets.tone); 0 knots: none (the paper).
     tone_knots: int = 0
-    tone_bins: int = 64
 
     def __post_init__(self) -> None:
         if len(self.sim_backbone_widths) != 4 or len(self.col_units) != 4 or len(self.col_decoder_units) != 3:
@@ -102,6 +105,7 @@ class PikFixConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PikFixConfig:
         known = {f.name: f for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k not in _RETIRED}
         unknown = set(data) - set(known)
         if unknown:
             raise ValueError(f"unknown config fields: {sorted(unknown)}")

@@ -76,7 +76,7 @@ class PikFix(nn.Module):
             decoder_units=config.col_decoder_units,
         )
         # Fitted after the rest on whole photos (``pikfix fit-tone``): a tile cannot see global tone.
-        self.tone = GlobalTone(config.tone_bins, config.tone_knots) if config.tone_knots else None
+        self.tone = GlobalTone(config.tone_knots) if config.tone_knots else None
 
     @property
     def tile_overlap(self) -> int:

@@ -25,7 +25,7 @@ from pikfix.degrade import degrade
 from pikfix.inference import DAMAGE_SIDE, Restorer, _resize, _short_side, luminance_of
 from pikfix.metrics import psnr
 from pikfix.model import PikFix
-from pikfix.nets.tone import GlobalTone, apply_curve, luminance_histogram
+from pikfix.nets.tone import GlobalTone, apply_curve, luminance_statistics
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def fit(head: GlobalTone, pairs: Pairs, steps: int, lr: float) -> list[float]:
     """Full-batch Adam on the L1 of the curve-mapped restored luminance; returns the loss per step."""
     restored = torch.stack([_loss_pixels(r) for r in pairs.restored])[:, None, None, :]
     clean = torch.stack([_loss_pixels(c) for c in pairs.clean])[:, None, None, :]
-    features = torch.cat([luminance_histogram(r, head.bins) for r in pairs.restored])
+    features = torch.cat([luminance_statistics(r) for r in pairs.restored])
     optimiser = torch.optim.Adam(head.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
@@ -111,7 +111,7 @@ def fit_tone(args: argparse.Namespace) -> dict[str, Any]:
     train_pairs = make_pairs(restorer, train_paths, args.variants, args.seed, args.severity)
     val_pairs = make_pairs(restorer, val_paths, 1, args.seed + 1, args.severity)
 
-    config = dataclasses.replace(loaded.config, tone_knots=args.knots, tone_bins=args.bins)
+    config = dataclasses.replace(loaded.config, tone_knots=args.knots)
     model = PikFix(config)
     state = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("tone.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -133,11 +133,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=None, help="checkpoint whose restoration is kept (default: shipped)")
     parser.add_argument("--out", required=True, help="where to write the checkpoint with the fitted head")
     parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--variants", type=int, default=2, help="degradations per training photo")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--variants", type=int, default=4, help="degradations per training photo")
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--knots", type=int, default=16)
-    parser.add_argument("--bins", type=int, default=64)
     parser.add_argument("--severity", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)

@@ -84,3 +84,35 @@ def resend_command(args: argparse.Namespace) -> int:
         return 0
     print(f"job {args.job_id} (tenant {tenant_id}) sent again")
     return 0
+
+
+def resend_stuck_command(args: argparse.Namespace) -> int:
+    """``pikfix batches resend-stuck``: exit 2 for an unknown batch; prints each job it resent."""
+    import sys
+
+    from db import repository as repo
+    from db.models import NotFound
+    from db.session import session_scope
+    from workers.dispatch import dispatch
+    from workers.runtime import get_runtime
+
+    runtime = get_runtime()
+    silent = runtime.settings.job_heartbeat_timeout_s if args.silent_for is None else args.silent_for
+    try:
+        with session_scope(runtime.database_url) as s:
+            resent = repo.resend_stuck_batch_jobs(s, None, args.batch_id, silent_for_s=silent)
+    except NotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for job_id in resent:
+        print(job_id)
+    if not resent:
+        print(f"batch {args.batch_id}: no job silent for {silent:.0f} s", file=sys.stderr)
+        return 0
+    try:
+        dispatch(runtime)
+    except Exception as exc:  # the broker is down: the jobs wait queued; beat sends them once it is back
+        print(f"{len(resent)} jobs queued; sending them failed ({exc}), beat will send them", file=sys.stderr)
+        return 0
+    print(f"{len(resent)} jobs of batch {args.batch_id} sent again", file=sys.stderr)
+    return 0

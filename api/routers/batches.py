@@ -37,6 +37,7 @@ from api.schemas import (
     BatchOut,
     BatchPage,
     BatchProgressOut,
+    BatchResent,
     JobOut,
     JobPage,
     PhotosAccepted,
@@ -457,6 +458,30 @@ def cancel_batch(
     if ctx.eager:  # no beat process: settle it (report, webhook) here if nothing is left running
         ctx.finish_batches()
     return BatchCancelled(batch=load_batch(ctx, principal.tenant_id, batch_id), cancelled_jobs=cancelled)
+
+
+@router.post("/{batch_id}/resend-stuck", status_code=202, response_model=BatchResent,
+             responses=error_responses(401, 404, 422), summary="Send a batch's stuck jobs to the workers again")
+def resend_stuck(
+    batch_id: str,
+    principal: Principal = Depends(require_tenant),
+    ctx: ApiContext = Depends(get_context),
+    silent_for_s: float | None = Query(None, ge=1, le=86400, description="how long a job must have been silent "
+                                       "(running without a heartbeat, or sent and never started); default: the "
+                                       "workers' heartbeat timeout"),
+) -> BatchResent:
+    """For a batch that will not finish because some of its jobs' workers died or the broker lost their
+    tasks: each such job goes back to the queue and is sent again now. Jobs that are alive are left alone."""
+    checked_id(batch_id, "batch")
+    silent = ctx.settings.job_heartbeat_timeout_s if silent_for_s is None else silent_for_s
+    try:
+        with ctx.session() as s:
+            resent = repo.resend_stuck_batch_jobs(s, principal.tenant_id, batch_id, silent_for_s=silent)
+    except NotFound as exc:
+        raise not_found("batch") from exc
+    if resent:
+        ctx.dispatch(principal.tenant_id)
+    return BatchResent(batch=load_batch(ctx, principal.tenant_id, batch_id), resent_job_ids=resent)
 
 
 @router.get(

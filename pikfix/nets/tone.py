@@ -1,12 +1,16 @@
-"""Global tone: a monotone curve per photo, predicted from the histogram of its restored luminance.
+"""Global tone: a monotone curve per photo, predicted from summary statistics of its luminance.
 
 Old prints fade, yellow and lose contrast as a whole, which a local network (the RDN sees a tile at
 a time) cannot measure. ``bench/restoration_ceiling.py`` puts an oracle per-photo curve at +4.5 to
 +6.4 dB; this small head estimates one. It is our deviation from the paper (docs/model.md).
 
+The features are nine quantiles, the mean and the standard deviation of the restored luminance, and
+the head is one linear layer: a 64-bin histogram into an MLP fitted the 234 training photos well
+but not the held-out ones (+3.9 dB against -0.1 dB); these 11 numbers generalise (+0.9 dB on both).
+
 The curve has ``knots + 1`` points at evenly spaced inputs in [0, 1]. Its outputs are
 ``lo + (1 - lo - hi) * cumsum(softmax(steps))``: never decreasing (no tone is inverted), with a
-lifted black point ``lo`` and lowered white point ``hi`` of at most a quarter each. The last layer
+lifted black point ``lo`` and lowered white point ``hi`` of at most a quarter each. The layer
 starts at zero, which is the identity curve (up to ``lo``/``hi`` of 0.25 * sigmoid(-8)).
 """
 
@@ -18,19 +22,18 @@ from torch import nn
 
 _END_LIMIT = 0.25  # black point lift and white point drop are at most this
 _END_BIAS = -8.0  # sigmoid(-8) ~ 3e-4: the ends start where the identity has them
-SAMPLE_PIXELS = 1 << 16  # the histogram is taken from about this many evenly spaced pixels
+SAMPLE_PIXELS = 1 << 16  # the statistics are taken from about this many evenly spaced pixels
+QUANTILES = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+FEATURES = len(QUANTILES) + 2
 
 
-def luminance_histogram(lum01: torch.Tensor, bins: int) -> torch.Tensor:
-    """(N,1,H,W) luminance in [0, 1] -> (N, 2 * bins) features: the normalised histogram and its CDF."""
+def luminance_statistics(lum01: torch.Tensor) -> torch.Tensor:
+    """(N,1,H,W) luminance in [0, 1] -> (N, 11): its quantiles, mean and standard deviation."""
     n, _, h, w = lum01.shape
     step = max(1, int((h * w / SAMPLE_PIXELS) ** 0.5))
-    flat = lum01[:, 0, ::step, ::step].reshape(n, -1).clamp(0.0, 1.0)
-    index = (flat * bins).long().clamp_(max=bins - 1)
-    hist = torch.zeros(n, bins, dtype=torch.float32, device=lum01.device)
-    hist.scatter_add_(1, index, torch.ones_like(flat, dtype=torch.float32))
-    hist /= flat.shape[1]
-    return torch.cat((hist * bins, hist.cumsum(1)), dim=1)  # both of order 1
+    flat = lum01[:, 0, ::step, ::step].reshape(n, -1).clamp(0.0, 1.0).float()
+    q = torch.quantile(flat, torch.tensor(QUANTILES, device=flat.device), dim=1).T
+    return torch.cat((q, flat.mean(1, keepdim=True), flat.std(1, keepdim=True)), dim=1)
 
 
 def apply_curve(lum01: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
@@ -46,27 +49,21 @@ def apply_curve(lum01: torch.Tensor, curve: torch.Tensor) -> torch.Tensor:
 
 
 class GlobalTone(nn.Module):
-    def __init__(self, bins: int = 64, knots: int = 16, hidden: int = 64) -> None:
+    def __init__(self, knots: int = 16) -> None:
         super().__init__()
-        self.bins = bins
-        self.mlp = nn.Sequential(
-            nn.Linear(2 * bins, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-            nn.Linear(hidden, knots + 2),
-        )
-        last = self.mlp[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        self.linear = nn.Linear(FEATURES, knots + 2)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
         with torch.no_grad():
-            last.bias[:2] = _END_BIAS
+            self.linear.bias[:2] = _END_BIAS
 
     def forward(self, lum01: torch.Tensor) -> torch.Tensor:
         """(N,1,H,W) luminance (any size; a thumbnail will do) -> (N, knots + 1) curve."""
-        return self.curve(luminance_histogram(lum01, self.bins))
+        return self.curve(luminance_statistics(lum01))
 
     def curve(self, features: torch.Tensor) -> torch.Tensor:
-        """The curve from precomputed ``luminance_histogram`` features."""
-        out = self.mlp(features)
+        """The curve from precomputed ``luminance_statistics`` features."""
+        out = self.linear(features)
         lo = _END_LIMIT * torch.sigmoid(out[:, :1])
         hi = _END_LIMIT * torch.sigmoid(out[:, 1:2])
         rise = F.softmax(out[:, 2:], dim=1).cumsum(1)

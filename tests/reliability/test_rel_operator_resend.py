@@ -69,3 +69,44 @@ def test_resend_command_resends_a_silent_job(cluster) -> None:
     assert run.returncode == 0 and job_id in run.stdout, run.stderr
     cluster.start_worker(concurrency=1, queues="restore", extra_env=HEARTBEATS)
     wait_for(lambda: cluster.job(job_id).status == "succeeded", 180, "the resent job to finish")
+
+
+def test_batch_resend_route_resends_only_the_silent_jobs(cluster) -> None:
+    api = cluster.start_api(HEARTBEATS)
+    tenant, batch_id, job_ids, victims = _frozen_mid_job(cluster, 2)
+    with httpx.Client(base_url=api, headers=cluster.api_key(tenant), timeout=60) as http:
+        r = http.post(f"/v1/batches/{batch_id}/resend-stuck")
+        assert r.status_code == 202 and r.json()["resent_job_ids"] == [], r.text  # heartbeats still fresh
+        time.sleep(5)
+        r = http.post(f"/v1/batches/{batch_id}/resend-stuck")
+        assert r.status_code == 202, r.text
+        assert sorted(r.json()["resent_job_ids"]) == sorted(job_ids)
+        assert r.json()["batch"]["id"] == batch_id
+        assert {cluster.job(j).status for j in job_ids} <= {"queued", "running"}
+        cluster.start_worker(concurrency=1, queues="restore", extra_env=HEARTBEATS)
+        wait_for(lambda: all(cluster.job(j).status == "succeeded" for j in job_ids), 240, "the resent jobs")
+        r = http.post(f"/v1/batches/{batch_id}/resend-stuck", params={"silent_for_s": 1})
+        assert r.status_code == 202 and r.json()["resent_job_ids"] == [], r.text  # finished jobs stay finished
+        assert http.post(f"/v1/batches/{batch_id}/resend-stuck", params={"silent_for_s": 0}).status_code == 422
+        assert http.post("/v1/batches/00000000-0000-4000-8000-000000000000/resend-stuck").status_code == 404
+    other = cluster.new_tenant()  # another tenant cannot touch the batch
+    with httpx.Client(base_url=api, headers=cluster.api_key(other), timeout=60) as http:
+        assert http.post(f"/v1/batches/{batch_id}/resend-stuck").status_code == 404
+    for victim in victims:
+        victim.send_signal(signal.SIGCONT)
+    time.sleep(3)
+    assert batch_figures(cluster, tenant, decode_results=False).jobs_succeeded_twice == 0
+
+
+def test_batch_resend_command_resends_the_silent_jobs(cluster) -> None:
+    _, batch_id, (job_id,), _ = _frozen_mid_job(cluster, 1)
+    env = cluster.worker_env(HEARTBEATS)
+    time.sleep(5)
+    run = subprocess.run([*cli_command(), "batches", "resend-stuck", batch_id], env=env, cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.split() == [job_id], (run.stdout, run.stderr)
+    cluster.start_worker(concurrency=1, queues="restore", extra_env=HEARTBEATS)
+    wait_for(lambda: cluster.job(job_id).status == "succeeded", 180, "the resent job to finish")
+    run = subprocess.run([*cli_command(), "batches", "resend-stuck", "00000000-0000-4000-8000-000000000000"],
+                         env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "not found" in run.stderr, run.stderr

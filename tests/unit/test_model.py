@@ -234,6 +234,10 @@ def test_narrow_backbone_keeps_resnet34_layout() -> None:
 def test_config_round_trip_and_presets() -> None:
     for config in (PikFixConfig.lite(), PikFixConfig.paper(), TINY):
         assert PikFixConfig.from_dict(config.to_dict()) == config
+    # A retired field of older checkpoints is ignored; a field nobody knows is an error.
+    assert PikFixConfig.from_dict({**TINY.to_dict(), "tone_bins": 64}) == TINY
+    with pytest.raises(ValueError, match="unknown config fields"):
+        PikFixConfig.from_dict({**TINY.to_dict(), "tone_bins_typo": 64})
     assert PikFixConfig.named("paper") == PikFixConfig.paper()
     paper = PikFixConfig.paper()
     assert (paper.rdn_width, paper.rdn_growth, paper.sim_width, paper.sim_temperature) == (64, 32, 64, 0.005)
