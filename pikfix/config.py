@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-
 # Fields older checkpoints carry that no longer mean anything: ignored on load.
 _RETIRED = frozenset({"tone_bins"})  # the tone head's histogram size (it reads quantiles now)
 
