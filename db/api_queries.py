@@ -6,19 +6,15 @@ Like every module in ``db``, each function takes a ``Session`` and leaves the tr
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 
 from sqlalchemy import and_, case, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from db.models import JOB_STATUSES, JOB_SUCCEEDED, Batch, InvalidCursor, Job, Reference
+from db.models import JOB_STATUSES, JOB_SUCCEEDED, Batch, Job, Reference
+from db.paging import decode_cursor, encode_cursor
 
 MAX_PAGE = 1000
-_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def ping(s: Session) -> None:
@@ -27,24 +23,6 @@ def ping(s: Session) -> None:
 
 
 # --- batches ----------------------------------------------------------------------------------
-
-
-def _encode_cursor(created_at: datetime, row_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, row_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursor("malformed pagination cursor") from exc
-    # The id goes into the query: only an id's exact shape may (a NUL byte would be a 500 on PostgreSQL).
-    if created_at.tzinfo is None or not _ID_RE.fullmatch(row_id):
-        raise InvalidCursor("malformed pagination cursor")
-    return created_at, row_id
 
 
 def list_batches_page(
@@ -58,7 +36,7 @@ def list_batches_page(
     limit = max(1, min(limit, MAX_PAGE))
     stmt = select(Batch).where(Batch.tenant_id == tenant_id)
     if cursor:
-        before_at, before_id = _decode_cursor(cursor)
+        before_at, before_id = decode_cursor(cursor)
         stmt = stmt.where(
             or_(Batch.created_at < before_at, and_(Batch.created_at == before_at, Batch.id < before_id))
         )
@@ -66,7 +44,7 @@ def list_batches_page(
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
-    return rows, _encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
 
 
 def status_counts_for_batches(s: Session, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:

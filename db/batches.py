@@ -9,12 +9,8 @@ twice while other jobs change status.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
@@ -36,16 +32,15 @@ from db.models import (
     JOB_TERMINAL,
     Archive,
     Batch,
-    InvalidCursor,
     InvalidOptions,
     InvalidTransition,
     Job,
     NotFound,
     utcnow,
 )
+from db.paging import decode_cursor, encode_cursor
 
 MAX_PAGE = 1000
-_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -190,24 +185,6 @@ def batch_progress(s: Session, batch_id: str) -> BatchProgress:
     )
 
 
-def _encode_cursor(created_at: datetime, job_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{job_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, job_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursor("malformed pagination cursor") from exc
-    # The id goes into the query: only an id's exact shape may (a NUL byte would be a 500 on PostgreSQL).
-    if created_at.tzinfo is None or not _ID_RE.fullmatch(job_id):
-        raise InvalidCursor("malformed pagination cursor")
-    return created_at, job_id
-
-
 def list_batch_jobs(
     s: Session,
     tenant_id: str,
@@ -224,7 +201,7 @@ def list_batch_jobs(
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if cursor:
-        after_at, after_id = _decode_cursor(cursor)
+        after_at, after_id = decode_cursor(cursor)
         # The redundant ``>=`` lets both databases seek the (batch_id, created_at, id) index to the
         # cursor instead of scanning the batch from its start on every page.
         stmt = stmt.where(
@@ -235,7 +212,7 @@ def list_batch_jobs(
     if len(jobs) <= limit:
         return jobs, None
     jobs = jobs[:limit]
-    return jobs, _encode_cursor(jobs[-1].created_at, jobs[-1].id)
+    return jobs, encode_cursor(jobs[-1].created_at, jobs[-1].id)
 
 
 def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
