@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from db.models import Archive, Batch, Job, JobReference, Reference
 
@@ -204,6 +204,27 @@ class Rejected(BaseModel):
     name: str
     code: str
     message: str
+
+
+class JobForm(_Request):
+    """The form fields of a single-job upload; whether a reference file came too is validation context."""
+
+    reference_id: str | None = Field(None, pattern=ID_PATTERN)
+    reference_mode: ReferenceMode | None = None
+    output_format: OutputFormat = "png"
+
+    @model_validator(mode="after")
+    def _one_reference(self, info: ValidationInfo) -> JobForm:
+        uploaded = bool((info.context or {}).get("reference_upload"))
+        if self.reference_id and uploaded:
+            raise ValueError("send either reference_id or a reference file, not both")
+        has_ref = bool(self.reference_id) or uploaded
+        self.reference_mode = self.reference_mode or ("manual" if has_ref else "auto")
+        if self.reference_mode == "manual" and not has_ref:
+            raise ValueError("reference_mode 'manual' needs reference_id or a reference file")
+        if self.reference_mode != "manual" and has_ref:
+            raise ValueError(f"a reference was given but reference_mode is {self.reference_mode!r}")
+        return self
 
 
 class PhotosAccepted(BaseModel):

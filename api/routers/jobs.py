@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from functools import partial
 from pathlib import PurePosixPath
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiContext, Principal, checked_id, get_context, require_tenant
 from api.errors import ApiError, error_responses, input_error, not_found
 from api.routers.references import require_colour_reference
-from api.schemas import ID_PATTERN, JOB_UPLOAD_BODY, JobDetail, JobOut
+from api.schemas import JOB_UPLOAD_BODY, JobDetail, JobForm, JobOut
 from api.uploads import (
     MultipartLimits,
     StagedFile,
@@ -39,24 +39,15 @@ RESULT_URL_EXPIRES_S = 900
 
 
 def job_options(fields: dict[str, str], reference_upload: bool) -> dict[str, str | None]:
-    """Options of a single job from its form fields; 422 for contradictions."""
-    fmt = fields.get("output_format", "png")
-    if fmt not in ("png", "jpeg", "tiff16"):
-        raise ApiError("validation_error", "output_format must be one of png, jpeg, tiff16")
-    ref_id = fields.get("reference_id")
-    if ref_id is not None and not re.fullmatch(ID_PATTERN, ref_id):
-        raise ApiError("validation_error", "reference_id is not an id")
-    if ref_id and reference_upload:
-        raise ApiError("validation_error", "send either reference_id or a reference file, not both")
-    has_ref = bool(ref_id) or reference_upload
-    mode = fields.get("reference_mode") or ("manual" if has_ref else "auto")
-    if mode not in ("auto", "manual", "none"):
-        raise ApiError("validation_error", "reference_mode must be one of auto, manual, none")
-    if mode == "manual" and not has_ref:
-        raise ApiError("validation_error", "reference_mode 'manual' needs reference_id or a reference file")
-    if mode != "manual" and has_ref:
-        raise ApiError("validation_error", f"a reference was given but reference_mode is {mode!r}")
-    return {"reference_mode": mode, "reference_id": ref_id, "output_format": fmt}
+    """Options of a single job from its form fields; 422 naming the first bad field or contradiction."""
+    try:
+        form = JobForm.model_validate(fields, context={"reference_upload": reference_upload})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ApiError("validation_error", f"{where}: {message}" if where else message) from exc
+    return form.model_dump()
 
 
 def require_reference(ctx: ApiContext, tenant_id: str, ref_id: str | None) -> None:
