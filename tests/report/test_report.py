@@ -12,21 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.report import (
+from workers import report_stats
+from workers.report import THUMB_PX, build_report, render_html, report_json, write_report
+from workers.report_stats import (
     FLAG_COLOURFULNESS_OUTLIER,
     FLAG_FAILED,
     FLAG_LOW_REFERENCE_SCORE,
     FLAG_NO_REFERENCE,
     FLAG_OUT_OF_GAMUT,
     REFERENCE_SCORE_FLOOR,
-    THUMB_PX,
     ReportError,
-    build_report,
     flag_for_review,
-    render_html,
-    report_json,
     summarize,
-    write_report,
 )
 
 BATCH = {
@@ -162,6 +159,19 @@ def test_summary_rejects_a_report_without_a_job_list():
         summarize({"batch": BATCH, "jobs": {"a": 1}})
 
 
+def test_statistics_need_no_html():
+    # The figures the page shows come from workers.report_stats on plain dicts: no rendering, no parsing.
+    report = report_stats.build_report(BATCH, MODEL, outlier_batch())
+    flagged, others = report_stats.split_for_review(report)
+    assert [j["id"] for j, _ in flagged] == list(EXPECTED_FLAGS)  # batch order
+    assert {j["id"]: reasons for j, reasons in flagged} == EXPECTED_FLAGS
+    assert [j["id"] for j in others] == [f"n{i:02d}" for i in range(20)] + ["waiting", "stopped"]
+    s = report["summary"]
+    assert s["total"] == 30 and s["counts"]["succeeded"] == 27 and s["counts"]["failed"] == 1
+    assert s["flagged"] == 8 and s["error_codes"] == {"bad_input": 1}
+    assert build_report is report_stats.build_report  # workers.report's callers get the same figures
+
+
 # --------------------------------------------------------------------------- flags
 
 
@@ -286,13 +296,23 @@ def test_html_escapes_hostile_strings_everywhere():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.jpg" in page
     assert "<script" not in page.lower()
     assert "&lt;svg onload=alert(3)&gt;" in page and "<svg" not in page
-    assert "a&quot;b&#x27;c&amp;d.jpg" in page
+    assert "a&#34;b&#39;c&amp;d.jpg" in page  # markupsafe's spelling of html.escape's &quot; and &#x27;
     assert "&lt;b&gt;ref&lt;/b&gt;" in page and "&lt;i&gt;x&lt;/i&gt;" in page
     tags = parse_tags(page)
     assert {t for t, _ in tags}.isdisjoint({"script", "svg", "iframe", "object", "embed"})
     assert "<b>ref</b>" not in page and "<i>x</i>" not in page
     assert not [a for _, attrs in tags for a in attrs if a.startswith("on")]
     assert not [attrs for t, attrs in tags if t == "img"]  # no images given, so no <img> at all
+
+
+def test_a_hostile_file_name_is_escaped_in_text_and_attributes():
+    evil = "<script>alert(1)</script>.jpg"
+    png = png_bytes(8, 6)
+    page = render_html(build_report(BATCH, MODEL, [job("x", name=evil)]), lambda j, kind: png)
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;.jpg"
+    assert f'<div class="name">{escaped}</div>' in page  # the name cell
+    assert page.count(f'alt="Original: {escaped}"') == 1  # and the <img alt> attributes
+    assert evil not in page and "<script" not in page.lower()
 
 
 def test_html_has_no_external_urls_and_forbids_scripts():
