@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import and_, case, func, or_, select, text
 from sqlalchemy.orm import Session
 
-from db.models import JOB_STATUSES, JOB_SUCCEEDED, Batch, Job, Reference
+from db.counts import counts_of, status_counts
+from db.models import JOB_SUCCEEDED, Batch, Job, Reference
 from db.paging import decode_cursor, encode_cursor
 
 MAX_PAGE = 1000
@@ -48,18 +49,9 @@ def list_batches_page(
 
 
 def status_counts_for_batches(s: Session, batch_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Job counts per status for many batches in one grouped query; every status present per batch."""
-    out = {batch_id: dict.fromkeys(JOB_STATUSES, 0) for batch_id in batch_ids}
-    if not batch_ids:
-        return out
-    rows = s.execute(
-        select(Job.batch_id, Job.status, func.count())
-        .where(Job.batch_id.in_(list(batch_ids)))
-        .group_by(Job.batch_id, Job.status)
-    )
-    for batch_id, status, count in rows:
-        out[batch_id][status] = count
-    return out
+    """Job counts per status for many batches, from their counter rows; every status present per batch."""
+    rows = counts_of(s, list(batch_ids))
+    return {batch_id: status_counts(rows.get(batch_id)) for batch_id in batch_ids}
 
 
 def get_jobs(s: Session, tenant_id: str, job_ids: Sequence[str]) -> list[Job]:

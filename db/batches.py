@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from db.counts import counts_of, note_move, status_counts
 from db.jobs import check_reference_owner, normalize_options, record_events
 from db.models import (
     ARCHIVE_PENDING,
@@ -25,17 +26,17 @@ from db.models import (
     BATCH_SUBMITTED,
     JOB_ACTIVE,
     JOB_CANCELLED,
-    JOB_FAILED,
     JOB_QUEUED,
     JOB_STATUSES,
-    JOB_SUCCEEDED,
     JOB_TERMINAL,
     Archive,
     Batch,
+    BatchCounts,
     InvalidOptions,
     InvalidTransition,
     Job,
     NotFound,
+    new_id,
     utcnow,
 )
 from db.paging import decode_cursor, encode_cursor
@@ -78,6 +79,7 @@ def create_batch(
     opts = normalize_options(options)
     check_reference_owner(s, tenant_id, opts)
     batch = Batch(
+        id=new_id(),
         tenant_id=tenant_id,
         name=name,
         options=opts,
@@ -87,6 +89,7 @@ def create_batch(
         created_at=utcnow(),
     )
     s.add(batch)
+    s.add(BatchCounts(batch_id=batch.id))
     s.flush()
     return batch
 
@@ -143,31 +146,20 @@ def set_batch_report(s: Session, batch_id: str, report_key: str) -> None:
 
 
 def batch_status_counts(s: Session, batch_id: str) -> dict[str, int]:
-    """Job counts per status for one batch, every status present (served by ``(batch_id, status)``)."""
-    counts = dict.fromkeys(JOB_STATUSES, 0)
-    counts.update(
-        s.execute(select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)).all()
-    )
-    return counts
+    """Job counts per status for one batch, every status present (one row, ``db.counts``)."""
+    return status_counts(counts_of(s, [batch_id]).get(batch_id))
 
 
 def batch_progress(s: Session, batch_id: str) -> BatchProgress:
-    counts = batch_status_counts(s, batch_id)
+    row = counts_of(s, [batch_id]).get(batch_id)
+    counts = status_counts(row)
     total = sum(counts.values())
     done = sum(counts[st] for st in JOB_TERMINAL)
-    n, first_start, last_finish = s.execute(
-        select(func.count(), func.min(Job.started_at), func.max(Job.finished_at)).where(
-            Job.batch_id == batch_id,
-            Job.status.in_((JOB_SUCCEEDED, JOB_FAILED)),
-            Job.started_at.is_not(None),
-            Job.finished_at.is_not(None),
-        )
-    ).one()
     throughput = None
-    if n and first_start is not None and last_finish is not None:
-        span_min = (last_finish - first_start).total_seconds() / 60.0
+    if row is not None and row.ran and row.first_started_at is not None and row.last_finished_at is not None:
+        span_min = (row.last_finished_at - row.first_started_at).total_seconds() / 60.0
         if span_min > 0:
-            throughput = n / span_min
+            throughput = row.ran / span_min
     remaining = total - done
     if remaining == 0:
         eta = 0.0
@@ -235,6 +227,7 @@ def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
         )
     )
     record_events(s, ids, JOB_QUEUED, JOB_CANCELLED, detail="batch cancelled", at=now)
+    note_move(s, batch_id, JOB_QUEUED, JOB_CANCELLED, len(ids))
     s.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.status.in_((BATCH_OPEN, BATCH_SUBMITTED)))

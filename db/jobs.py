@@ -19,6 +19,7 @@ from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db.counts import RAN_STATUSES, note_move
 from db.models import (
     JOB_ACTIVE,
     JOB_CANCELLED,
@@ -155,12 +156,17 @@ def _transition(
     detail: str | None = None,
     returning: Sequence[Any] = (Job.id,),
 ) -> Any | None:
-    """Compare-and-set one job from ``from_status``; on success write the event, return the row."""
+    """Compare-and-set one job from ``from_status``; on success write the event, count the move in its
+    batch (``db.counts``) and return the row."""
+    had_run = False
+    if from_status in RAN_STATUSES:  # leaving a finished state (a retry): did it count as having run?
+        had_run = s.execute(select(Job.started_at.is_not(None)).where(Job.id == job_id)).scalar() or False
     stmt = (
         update(Job)
         .where(Job.id == job_id, Job.status == from_status, *extra)
         .values(status=to_status, **values)
-        .returning(*returning)
+        .returning(*returning, Job.batch_id.label("_batch"), Job.started_at.label("_started"),
+                   Job.finished_at.label("_finished"))
         .execution_options(synchronize_session="fetch")
     )
     row = s.execute(stmt).first()
@@ -168,6 +174,9 @@ def _transition(
         record_events(
             s, [job_id], from_status, to_status, worker=worker, detail=detail, at=values.get("updated_at")
         )
+        ran = to_status in RAN_STATUSES and row._started is not None and row._finished is not None
+        note_move(s, row._batch, from_status, to_status, ran=int(ran) - int(had_run),
+                  started_at=row._started if ran else None, finished_at=row._finished if ran else None)
     return row
 
 
@@ -226,6 +235,7 @@ def create_job(
     s.add(job)
     s.flush()
     record_events(s, [job.id], None, JOB_QUEUED, at=now)
+    note_move(s, batch_id, None, JOB_QUEUED)
     return job
 
 
@@ -578,8 +588,12 @@ def resend_stuck_batch_jobs(s: Session, tenant_id: str | None, batch_id: str, *,
 def forget_unsent_job(s: Session, job_id: str) -> bool:
     """Delete a job no task was ever sent for (its upload is answered 503 and retried by the client);
     False if it was sent meanwhile (it will run, so the upload stands)."""
-    result = s.execute(delete(Job).where(Job.id == job_id, Job.status == JOB_QUEUED, Job.sent_at.is_(None)))
-    return bool(result.rowcount)
+    deleted = s.execute(
+        delete(Job).where(Job.id == job_id, Job.status == JOB_QUEUED, Job.sent_at.is_(None)).returning(Job.batch_id)
+    ).first()
+    if deleted is not None:
+        note_move(s, deleted.batch_id, JOB_QUEUED, None)
+    return deleted is not None
 
 
 def touch_heartbeat(s: Session, job_id: str) -> bool:

@@ -199,6 +199,24 @@ class Batch(Base):
     report_key: Mapped[str | None] = mapped_column(String(1024))
 
 
+class BatchCounts(Base):
+    """A batch's jobs per status, kept in step with every job transition (``db.counts``), so a status
+    poll reads one row whatever the batch's size. ``ran`` counts jobs that finished (succeeded or
+    failed) after running, between ``first_started_at`` and ``last_finished_at``: the throughput."""
+
+    __tablename__ = "batch_counts"
+
+    batch_id: Mapped[str] = mapped_column(Id, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
+    queued: Mapped[int] = mapped_column(default=0)
+    running: Mapped[int] = mapped_column(default=0)
+    succeeded: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    cancelled: Mapped[int] = mapped_column(default=0)
+    ran: Mapped[int] = mapped_column(default=0)
+    first_started_at: Mapped[datetime | None]
+    last_finished_at: Mapped[datetime | None]
+
+
 class Archive(Base):
     """A zip accepted into a batch, waiting to be unpacked; a batch cannot finish while one is pending."""
 

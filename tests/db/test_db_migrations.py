@@ -25,6 +25,7 @@ TABLES = {
     "job_references",
     "quality_metrics",
     "job_events",
+    "batch_counts",
 }
 
 
@@ -43,7 +44,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_to_head_matches_the_models_and_downgrade_to_base_empties(empty_url: str) -> None:
     assert migrate.current_revision(empty_url) is None
     migrate.upgrade(empty_url)
-    assert migrate.current_revision(empty_url) == migrate.head_revision() == "0002"
+    assert migrate.current_revision(empty_url) == migrate.head_revision() == "0003"
     assert migrate.is_up_to_date(empty_url)
     assert _tables(empty_url) == TABLES | {"alembic_version"}
     with get_engine(empty_url).connect() as conn:
@@ -99,3 +100,30 @@ def test_services_migrating_at_the_same_time_do_not_collide(empty_url: str) -> N
     failures = [p.stderr.read() for p in procs if p.wait(timeout=120) != 0]
     assert failures == []
     assert migrate.current_revision(empty_url) == migrate.head_revision()
+
+
+def test_upgrading_to_batch_counts_counts_the_existing_jobs(empty_url: str) -> None:
+    migrate.upgrade(empty_url, "0002")
+    now = "2026-01-01 10:00:00+00:00"
+    later = "2026-01-01 10:02:00+00:00"
+    with get_engine(empty_url).begin() as conn:
+        conn.execute(sa.text("INSERT INTO tenants (id, name, created_at) VALUES ('t', 'acme', :now)"), {"now": now})
+        for batch in ("b1", "b2"):
+            conn.execute(sa.text(
+                "INSERT INTO batches (id, tenant_id, name, options, status, total_jobs, created_at) "
+                "VALUES (:id, 't', 'x', '{}', 'submitted', 0, :now)"), {"id": batch, "now": now})
+        for i, status in enumerate(["queued", "running", "succeeded", "succeeded", "failed", "cancelled"]):
+            ran = status in ("succeeded", "failed")
+            conn.execute(sa.text(
+                "INSERT INTO jobs (id, tenant_id, batch_id, status, attempts, input_key, input_name, output_format, "
+                "reference_mode, created_at, queued_at, updated_at, started_at, finished_at) VALUES "
+                "(:id, 't', 'b1', :st, 1, 'k', 'n', 'png', 'none', :now, :now, :now, :started, :finished)"),
+                {"id": f"j{i}", "st": status, "now": now, "started": now if ran else None,
+                 "finished": later if ran else None})
+    migrate.upgrade(empty_url)
+    with get_engine(empty_url).connect() as conn:
+        rows = {r.batch_id: r for r in conn.execute(sa.text("SELECT * FROM batch_counts"))}
+    assert set(rows) == {"b1", "b2"}
+    b1 = rows["b1"]
+    assert (b1.queued, b1.running, b1.succeeded, b1.failed, b1.cancelled, b1.ran) == (1, 1, 2, 1, 1, 3)
+    assert (rows["b2"].queued, rows["b2"].ran, rows["b2"].first_started_at) == (0, 0, None)
