@@ -7,10 +7,10 @@ the environment already names one (e.g. a volume in Kubernetes).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
+from types import SimpleNamespace
 
 DEFAULT_WORKERS = 2
 
@@ -28,7 +28,7 @@ def _prepare_multiprocess_metrics() -> str | None:
     return path
 
 
-def api_command(args: argparse.Namespace) -> int:
+def api_command(args: SimpleNamespace) -> int:
     import uvicorn
 
     workers = int(getattr(args, "workers", None) or DEFAULT_WORKERS)

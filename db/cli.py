@@ -6,11 +6,11 @@ database that is not migrated or not reachable) print one line on stderr instead
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
+from types import SimpleNamespace
 
 from alembic.util.exc import CommandError
 from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -40,9 +40,9 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def _handles_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def _handles_errors(func: Callable[[SimpleNamespace], int]) -> Callable[[SimpleNamespace], int]:
     @wraps(func)
-    def run(args: argparse.Namespace) -> int:
+    def run(args: SimpleNamespace) -> int:
         try:
             return func(args)
         except (DatabaseError, ValueError) as exc:
@@ -68,12 +68,12 @@ def _safe_url() -> str:
     return make_url(default_url()).render_as_string(hide_password=True)
 
 
-def _url(args: argparse.Namespace) -> str | None:
+def _url(args: SimpleNamespace) -> str | None:
     return getattr(args, "database_url", None) or None
 
 
 @_handles_errors
-def upgrade_command(args: argparse.Namespace) -> int:
+def upgrade_command(args: SimpleNamespace) -> int:
     url = _url(args)
     revision = getattr(args, "revision", None) or "head"
     migrate.upgrade(url, revision)
@@ -82,7 +82,7 @@ def upgrade_command(args: argparse.Namespace) -> int:
 
 
 @_handles_errors
-def downgrade_command(args: argparse.Namespace) -> int:
+def downgrade_command(args: SimpleNamespace) -> int:
     url = _url(args)
     migrate.downgrade(url, args.revision)
     print(f"database at revision {migrate.current_revision(url) or 'base (empty)'}")
@@ -90,7 +90,7 @@ def downgrade_command(args: argparse.Namespace) -> int:
 
 
 @_handles_errors
-def tenants_create_command(args: argparse.Namespace) -> int:
+def tenants_create_command(args: SimpleNamespace) -> int:
     with session_scope(_url(args)) as s:
         tenant = create_tenant(s, args.name)
         tenant_id = tenant.id
@@ -99,7 +99,7 @@ def tenants_create_command(args: argparse.Namespace) -> int:
 
 
 @_handles_errors
-def tenants_list_command(args: argparse.Namespace) -> int:
+def tenants_list_command(args: SimpleNamespace) -> int:
     with session_scope(_url(args), readonly=True) as s:
         tenants = list_tenants(s)
     for tenant in tenants:
@@ -110,7 +110,7 @@ def tenants_list_command(args: argparse.Namespace) -> int:
 
 
 @_handles_errors
-def keys_create_command(args: argparse.Namespace) -> int:
+def keys_create_command(args: SimpleNamespace) -> int:
     with session_scope(_url(args)) as s:
         tenant = _require_tenant(s, args.tenant)
         plaintext, _key = create_api_key(s, tenant.id, name=getattr(args, "name", None))
@@ -130,7 +130,7 @@ def _when(value) -> str:
 
 
 @_handles_errors
-def keys_list_command(args: argparse.Namespace) -> int:
+def keys_list_command(args: SimpleNamespace) -> int:
     """Ids, public prefixes and use of the keys; the secrets are not stored, so they cannot be shown."""
     with session_scope(_url(args), readonly=True) as s:
         tenant_id = _require_tenant(s, args.tenant).id if getattr(args, "tenant", None) else None
@@ -159,7 +159,7 @@ def _key_reference(text: str) -> str:
 
 
 @_handles_errors
-def keys_revoke_command(args: argparse.Namespace) -> int:
+def keys_revoke_command(args: SimpleNamespace) -> int:
     reference = _key_reference(args.key_id)
     with session_scope(_url(args)) as s:
         matches = [k for k in list_api_keys(s) if reference in (k.id, k.prefix)]

@@ -7,9 +7,11 @@ run at once, one per core). ``pikfix combine`` writes the single checkpoint infe
 
 from __future__ import annotations
 
-import argparse
 import logging
+from types import SimpleNamespace
 from typing import Any
+
+import click
 
 from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pikfix.model import PikFix
@@ -85,15 +87,18 @@ def _part_record(source: str, sha256: str, metadata: dict[str, Any]) -> dict[str
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--restoration", required=True, help="checkpoint whose restoration sub-net is kept")
-    parser.add_argument("--colorization", required=True,
-                        help="checkpoint whose similarity, SPHist and colorization sub-nets are kept")
-    parser.add_argument("--out", required=True, help="where to write the combined checkpoint (path or s3://)")
-    parser.add_argument("--half", action="store_true", help="store fp16 tensors (half the size)")
+def options() -> list[click.Option]:
+    """``pikfix combine``'s options."""
+    return [
+        click.Option(["--restoration"], required=True, help="checkpoint whose restoration sub-net is kept"),
+        click.Option(["--colorization"], required=True,
+                     help="checkpoint whose similarity, SPHist and colorization sub-nets are kept"),
+        click.Option(["--out"], required=True, help="where to write the combined checkpoint (path or s3://)"),
+        click.Option(["--half"], is_flag=True, help="store fp16 tensors (half the size)"),
+    ]
 
 
-def combine_command(args: argparse.Namespace) -> int:
+def combine_command(args: SimpleNamespace) -> int:
     try:
         digest = combine_checkpoints(args.restoration, args.colorization, args.out, half=args.half)
     except CheckpointError as exc:

@@ -25,7 +25,6 @@ PSNR, and otherwise writes it to PATH with its report beside it (``PATH`` with `
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -34,8 +33,10 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -318,54 +319,40 @@ def ship(config: EvalConfig, target: str | Path, report: dict[str, Any], toleran
     return half_report
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def options() -> list[click.Option]:
+    """``pikfix eval``'s options, with EvalConfig's defaults."""
     d = EvalConfig(photos="", references="")
-    parser.add_argument("--photos", required=True, help="folder of clean colour photos (the ground truth)")
-    parser.add_argument("--references", required=True, help="folder of colour reference photos to retrieve from")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint path or s3:// URI (default: shipped lite)")
-    parser.add_argument("--out", default=None, help="write the JSON report here")
-    parser.add_argument("--seed", type=int, default=d.seed, help="degradation seed")
-    parser.add_argument("--severity", type=float, default=d.severity, help="degradation severity")
-    parser.add_argument("--split", choices=SPLITS, default=d.split, help="which photos of --photos to use")
-    parser.add_argument("--references-split", choices=SPLITS, default=d.references_split,
-                        help="which photos of --references to use (e.g. train when both are the same folder)")
-    parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="as in pikfix train")
-    parser.add_argument("--max-side", type=int, default=None, help="shrink photos to this long side first")
-    parser.add_argument("--device", default=d.device)
-    parser.add_argument("--vgg-weights", default=None, help="torchvision vgg19 state_dict for retrieval")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--upscale", type=int, default=d.upscale,
-                        help="scan the degraded print at this many times its size, restore there, score at 1x")
-    parser.add_argument("--damage-side", type=int, default=d.damage_side,
-                        help="short side of the damage-scale restoration pass; 0 turns it off")
-    parser.add_argument("--anchor-chroma", action=argparse.BooleanOptionalAction, default=d.anchor_chroma,
-                        help="give the output the reference's mean chroma (--no-anchor-chroma: the net's own)")
-    parser.add_argument("--against", default=None,
-                        help="also evaluate this checkpoint on the same photos and say which of the two wins")
-    parser.add_argument("--ship-to", default=None,
-                        help="write an fp16 copy of --checkpoint here if it keeps quality (plus .eval.json)")
-    parser.add_argument("--ship-tolerance", type=float, default=0.1, help="max mean PSNR loss of the fp16 copy, dB")
+    return [
+        click.Option(["--photos"], required=True, help="folder of clean colour photos (the ground truth)"),
+        click.Option(["--references"], required=True, help="folder of colour reference photos to retrieve from"),
+        click.Option(["--checkpoint"], help="checkpoint path or s3:// URI (default: shipped lite)"),
+        click.Option(["--out"], help="write the JSON report here"),
+        click.Option(["--seed"], type=int, default=d.seed, help="degradation seed"),
+        click.Option(["--severity"], type=float, default=d.severity, help="degradation severity"),
+        click.Option(["--split"], type=click.Choice(SPLITS), default=d.split, help="which photos of --photos to use"),
+        click.Option(["--references-split"], type=click.Choice(SPLITS), default=d.references_split,
+                     help="which photos of --references to use (e.g. train when both are the same folder)"),
+        click.Option(["--val-fraction"], type=float, default=d.val_fraction, help="as in pikfix train"),
+        click.Option(["--max-side"], type=int, help="shrink photos to this long side first"),
+        click.Option(["--device"], default=d.device),
+        click.Option(["--vgg-weights"], help="torchvision vgg19 state_dict for retrieval"),
+        click.Option(["--threads"], type=int),
+        click.Option(["--upscale"], type=int, default=d.upscale,
+                     help="scan the degraded print at this many times its size, restore there, score at 1x"),
+        click.Option(["--damage-side"], type=int, default=d.damage_side,
+                     help="short side of the damage-scale restoration pass; 0 turns it off"),
+        click.Option(["--anchor-chroma/--no-anchor-chroma"], default=d.anchor_chroma,
+                     help="give the output the reference's mean chroma (--no-anchor-chroma: the net's own)"),
+        click.Option(["--against"], help="also evaluate this checkpoint on the same photos and say which of the two wins"),
+        click.Option(["--ship-to"],
+                     help="write an fp16 copy of --checkpoint here if it keeps quality (plus .eval.json)"),
+        click.Option(["--ship-tolerance"], type=float, default=0.1, help="max mean PSNR loss of the fp16 copy, dB"),
+    ]
 
 
-def eval_command(args: argparse.Namespace) -> int:
-    config = EvalConfig(
-        photos=args.photos,
-        references=args.references,
-        checkpoint=args.checkpoint,
-        out=args.out,
-        seed=args.seed,
-        severity=args.severity,
-        split=args.split,
-        references_split=args.references_split,
-        val_fraction=args.val_fraction,
-        max_side=args.max_side,
-        device=args.device,
-        vgg_weights=args.vgg_weights,
-        threads=args.threads,
-        upscale=args.upscale,
-        damage_side=args.damage_side,
-        anchor_chroma=args.anchor_chroma,
-    )
+def eval_command(args: SimpleNamespace) -> int:
+    extra = {"against", "ship_to", "ship_tolerance"}  # every other option is an EvalConfig field
+    config = EvalConfig(**{k: v for k, v in vars(args).items() if k not in extra})
     if args.upscale < 1:
         log.error("--upscale must be 1 or more")
         return 2

@@ -10,12 +10,13 @@ The output is the input checkpoint plus the fitted head.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import numpy as np
 import torch
 
@@ -97,7 +98,7 @@ def score(head: GlobalTone, pairs: Pairs) -> dict[str, float]:
             "gain_db": float(np.mean(after) - np.mean(before)), "photos": len(before)}
 
 
-def fit_tone(args: argparse.Namespace) -> dict[str, Any]:
+def fit_tone(args: SimpleNamespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -128,21 +129,24 @@ def fit_tone(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="folder of colour photos (as for pikfix train)")
-    parser.add_argument("--init", default=None, help="checkpoint whose restoration is kept (default: shipped)")
-    parser.add_argument("--out", required=True, help="where to write the checkpoint with the fitted head")
-    parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--variants", type=int, default=4, help="degradations per training photo")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--knots", type=int, default=16)
-    parser.add_argument("--severity", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
+def options() -> list[click.Option]:
+    """``pikfix fit-tone``'s options."""
+    return [
+        click.Option(["--data"], required=True, help="folder of colour photos (as for pikfix train)"),
+        click.Option(["--init"], help="checkpoint whose restoration is kept (default: shipped)"),
+        click.Option(["--out"], required=True, help="where to write the checkpoint with the fitted head"),
+        click.Option(["--val-fraction"], type=float, default=0.15),
+        click.Option(["--variants"], type=int, default=4, help="degradations per training photo"),
+        click.Option(["--steps"], type=int, default=3000),
+        click.Option(["--lr"], type=float, default=3e-3),
+        click.Option(["--knots"], type=int, default=16),
+        click.Option(["--severity"], type=float, default=1.0),
+        click.Option(["--seed"], type=int, default=0),
+        click.Option(["--threads"], type=int),
+    ]
 
 
-def fit_tone_command(args: argparse.Namespace) -> int:
+def fit_tone_command(args: SimpleNamespace) -> int:
     try:
         figures = fit_tone(args)
     except (CheckpointError, DatasetError) as exc:

@@ -30,7 +30,6 @@ SIGTERM or Ctrl-C stop it the same way after the current step.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -43,8 +42,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import click
 import torch
 from tqdm import tqdm
 
@@ -52,6 +53,7 @@ from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pikfix.color import rgb_to_model_space
 from pikfix.config import PikFixConfig
 from pikfix.datasets import PhotoDataset, batch_iterator, load_batch, split_photos
+from pikfix.inference import resolve_device
 from pikfix.losses import TERMS, LossWeights, PikFixLoss, discriminator_width
 from pikfix.model import PikFix
 
@@ -161,12 +163,6 @@ def start_grey(model: PikFix) -> None:
         last.weight.zero_()
         if last.bias is not None:
             last.bias.zero_()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _training_photos(config: TrainConfig) -> list[str]:
@@ -600,85 +596,65 @@ def train(config: TrainConfig) -> TrainResult:
     return result
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+class _Floats(click.ParamType):
+    name = "numbers"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):  # the default
+            return value
+        try:
+            return tuple(float(x) for x in value.split(",") if x.strip())
+        except ValueError:
+            self.fail(f"expected comma-separated numbers, got {value!r}", param, ctx)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def options() -> list[click.Option]:
+    """``pikfix train``'s options, with TrainConfig's defaults."""
     d = TrainConfig()
-    parser.add_argument("--data", required=True, help="folder of colour photos (jpg/png)")
-    parser.add_argument("--val-fraction", type=float, default=d.val_fraction,
-                        help="share of photos held out for validation (by file-name hash)")
-    parser.add_argument("--config", choices=["lite", "paper"], default=d.config)
-    parser.add_argument("--crop", type=int, default=d.crop, help="training crop size in pixels (>= 64)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--crops-per-photo", type=int, default=d.crops_per_photo,
-                        help="samples per photo per epoch (epoch length)")
-    parser.add_argument("--scales", type=_floats, default=d.scales,
-                        help="comma-separated photo scales drawn per sample, e.g. 1,0.5,0.3")
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--max-minutes", type=float, default=None, help="time budget; stops cleanly and saves")
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--betas", type=_floats, default=d.betas,
-                        help="Adam (beta1, beta2) of the generator; the paper's 0.99,0.999 by default")
-    parser.add_argument("--part", choices=PARTS, default=d.part,
-                        help="train every sub-net (all), only restoration, or only similarity+colorization "
-                        "(on ground-truth luminance); combine two part runs with 'pikfix combine'")
-    parser.add_argument("--l1-warmup", type=int, default=d.l1_warmup,
-                        help="steps trained on the L1 terms alone before the EMD and adversarial terms start")
-    parser.add_argument("--init", default=None, help="start from the weights of this pikfix checkpoint")
-    parser.add_argument("--lr-decay", type=float, default=d.lr_decay, help="learning-rate factor per epoch")
-    parser.add_argument("--severity", type=float, default=d.severity, help="degradation severity")
-    parser.add_argument("--perceptual-stages", type=int, default=d.perceptual_stages, choices=range(1, 6),
-                        help="VGG19 stages used by the perceptual loss")
-    parser.add_argument("--out", default=d.out, help="run folder")
-    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between saves")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
-    parser.add_argument("--vgg-weights", default=None, help="torchvision vgg19 state_dict for the perceptual loss")
-    parser.add_argument("--backbone-weights", default=None,
-                        help="torchvision resnet34 state_dict for the similarity sub-net (paper config)")
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--log-every", type=int, default=d.log_every)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+    return [
+        click.Option(["--data"], required=True, help="folder of colour photos (jpg/png)"),
+        click.Option(["--val-fraction"], type=float, default=d.val_fraction,
+                     help="share of photos held out for validation (by file-name hash)"),
+        click.Option(["--config"], type=click.Choice(["lite", "paper"]), default=d.config),
+        click.Option(["--crop"], type=int, default=d.crop, help="training crop size in pixels (>= 64)"),
+        click.Option(["--batch-size"], type=int, default=d.batch_size),
+        click.Option(["--epochs"], type=int, default=d.epochs),
+        click.Option(["--crops-per-photo"], type=int, default=d.crops_per_photo,
+                     help="samples per photo per epoch (epoch length)"),
+        click.Option(["--scales"], type=_Floats(), default=d.scales,
+                     help="comma-separated photo scales drawn per sample, e.g. 1,0.5,0.3"),
+        click.Option(["--max-steps"], type=int),
+        click.Option(["--max-minutes"], type=float, help="time budget; stops cleanly and saves"),
+        click.Option(["--lr"], type=float, default=d.lr),
+        click.Option(["--betas"], type=_Floats(), default=d.betas,
+                     help="Adam (beta1, beta2) of the generator; the paper's 0.99,0.999 by default"),
+        click.Option(["--part"], type=click.Choice(PARTS), default=d.part,
+                     help="train every sub-net (all), only restoration, or only similarity+colorization "
+                     "(on ground-truth luminance); combine two part runs with 'pikfix combine'"),
+        click.Option(["--l1-warmup"], type=int, default=d.l1_warmup,
+                     help="steps trained on the L1 terms alone before the EMD and adversarial terms start"),
+        click.Option(["--init"], help="start from the weights of this pikfix checkpoint"),
+        click.Option(["--lr-decay"], type=float, default=d.lr_decay, help="learning-rate factor per epoch"),
+        click.Option(["--severity"], type=float, default=d.severity, help="degradation severity"),
+        click.Option(["--perceptual-stages"], type=click.IntRange(1, 5), default=d.perceptual_stages,
+                     help="VGG19 stages used by the perceptual loss"),
+        click.Option(["--out"], default=d.out, help="run folder"),
+        click.Option(["--checkpoint-every"], type=int, default=d.checkpoint_every, help="steps between saves"),
+        click.Option(["--resume"], is_flag=True, help="continue the run in --out from its state.pt"),
+        click.Option(["--vgg-weights"], help="torchvision vgg19 state_dict for the perceptual loss"),
+        click.Option(["--backbone-weights"],
+                     help="torchvision resnet34 state_dict for the similarity sub-net (paper config)"),
+        click.Option(["--device"], default=d.device, help="auto, cpu, cuda, cuda:1 ..."),
+        click.Option(["--seed"], type=int, default=d.seed),
+        click.Option(["--threads"], type=int, help="CPU threads for torch"),
+        click.Option(["--log-every"], type=int, default=d.log_every),
+        click.Option(["--no-progress", "progress"], is_flag=True, flag_value=False, default=True,
+                     help="no tqdm progress bar"),
+    ]
 
 
-def train_command(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        data=args.data,
-        out=args.out,
-        config=args.config,
-        val_fraction=args.val_fraction,
-        crop=args.crop,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        crops_per_photo=args.crops_per_photo,
-        scales=args.scales,
-        max_steps=args.max_steps,
-        max_minutes=args.max_minutes,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        betas=args.betas,
-        part=args.part,
-        l1_warmup=args.l1_warmup,
-        init=args.init,
-        severity=args.severity,
-        perceptual_stages=args.perceptual_stages,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        vgg_weights=args.vgg_weights,
-        backbone_weights=args.backbone_weights,
-        device=args.device,
-        seed=args.seed,
-        threads=args.threads,
-        log_every=args.log_every,
-        progress=args.progress,
-    )
+def train_command(args: SimpleNamespace) -> int:
+    config = TrainConfig(**vars(args))  # every option is a TrainConfig field
     try:
         result = train(config)
     except TrainError as exc:

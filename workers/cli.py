@@ -6,9 +6,9 @@ never in whatever folder the command was started from.
 
 from __future__ import annotations
 
-import argparse
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 from pikfix.settings import get_settings
 
@@ -16,7 +16,7 @@ BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 FLOWER_DB_FILE = "flower.db"
 
 
-def worker_command(args: argparse.Namespace) -> int:
+def worker_command(args: SimpleNamespace) -> int:
     from workers.app import app
 
     if get_settings().eager:
@@ -34,7 +34,7 @@ def state_file(name: str) -> Path:
     return folder / name
 
 
-def beat_command(args: argparse.Namespace) -> int:
+def beat_command(args: SimpleNamespace) -> int:
     from workers.app import app
 
     schedule = Path(args.schedule_file) if args.schedule_file else state_file(BEAT_SCHEDULE_FILE)
@@ -43,7 +43,7 @@ def beat_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def flower_command(args: argparse.Namespace) -> int:
+def flower_command(args: SimpleNamespace) -> int:
     from workers.app import app
 
     settings = get_settings()
@@ -55,7 +55,7 @@ def flower_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def resend_command(args: argparse.Namespace) -> int:
+def resend_command(args: SimpleNamespace) -> int:
     """``pikfix jobs resend``: exit 2 for an unknown job, 3 when refused (finished, or its worker alive)."""
     import sys
 
@@ -86,7 +86,7 @@ def resend_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def resend_stuck_command(args: argparse.Namespace) -> int:
+def resend_stuck_command(args: SimpleNamespace) -> int:
     """``pikfix batches resend-stuck``: exit 2 for an unknown batch; prints each job it resent."""
     import sys
 

@@ -7,12 +7,12 @@ report.json written to the output folder.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 from tqdm import tqdm
 
@@ -49,7 +49,7 @@ def _store_reference(runtime: WorkerRuntime, tenant_id: str, path: Path) -> str:
         return repo.add_reference(s, tenant_id, path.name, key, sha).id
 
 
-def _prepare_references(runtime: WorkerRuntime, tenant_id: str, args: argparse.Namespace) -> dict:
+def _prepare_references(runtime: WorkerRuntime, tenant_id: str, args: SimpleNamespace) -> dict:
     from workers.tasks import index_reference
 
     if args.reference:
@@ -82,7 +82,7 @@ def _quiet_library_logs() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def restore_command(args: argparse.Namespace) -> int:
+def restore_command(args: SimpleNamespace) -> int:
     from workers.batch_report import collect_report, image_loader
     from workers.report import write_report
     from workers.tasks import restore_job

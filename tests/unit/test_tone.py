@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pikfix.checkpoint import load_checkpoint, save_checkpoint
-from pikfix.config import PikFixConfig
+from pikfix.checkpoint import load_checkpoint
+from pikfix.cli import parse_args
 from pikfix.inference import Restorer
-from pikfix.model import PikFix
 from pikfix.nets.tone import GlobalTone, apply_curve
-from pikfix.tonefit import Pairs, add_arguments, fit, fit_tone
-
-TINY = PikFixConfig(name="tiny", rdn_width=8, rdn_growth=4, sim_backbone_widths=(8, 8, 16, 16), sim_width=8,
-                    corr_max_positions=64, hist_bins=8, hist_sigma=0.25, col_growth=4, col_init_features=8,
-                    working_size=64)
+from pikfix.tonefit import Pairs, fit, fit_tone
 
 
 def scene(seed: int, size: tuple[int, int] = (48, 64)) -> torch.Tensor:
@@ -61,29 +55,24 @@ def test_a_faded_photos_histogram_is_restored() -> None:
     assert float((mapped - truth).abs().mean()) < 0.5 * float((faded - truth).abs().mean())
 
 
-def test_fit_tone_writes_a_checkpoint_the_restorer_applies(tmp_path: Path) -> None:
+def test_fit_tone_writes_a_checkpoint_the_restorer_applies(tmp_path: Path, tiny_checkpoint: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(12):
         rgb = np.repeat(scene(i, (40, 56))[0, 0].numpy()[..., None], 3, axis=2) * np.array([1.0, 0.9, 0.8])
         Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(photos / f"p{i:02d}.png")
-    torch.manual_seed(0)
-    init = tmp_path / "tiny.pt"
-    save_checkpoint(init, PikFix(TINY).eval(), {"training_steps": 0})
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
     out = tmp_path / "toned.pt"
-    args = parser.parse_args(["--data", str(photos), "--init", str(init), "--out", str(out), "--steps", "50",
-                              "--variants", "1", "--val-fraction", "0.3", "--threads", "1"])
+    args = parse_args(["fit-tone", "--data", str(photos), "--init", str(tiny_checkpoint), "--out", str(out),
+                       "--steps", "50", "--variants", "1", "--val-fraction", "0.3", "--threads", "1"])
     figures = fit_tone(args)
     assert figures["val"]["photos"] > 0 and figures["train"]["gain_db"] > 0
-    loaded = load_checkpoint(out)
+    loaded, init = load_checkpoint(out), load_checkpoint(tiny_checkpoint)
     assert loaded.config.tone_knots == 16 and loaded.model.tone is not None
-    assert loaded.metadata["tone"]["init_sha256"] == load_checkpoint(init).sha256
-    original = load_checkpoint(init).model.state_dict()
-    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in original.items())  # the rest is kept
+    assert loaded.metadata["tone"]["init_sha256"] == init.sha256
+    kept = loaded.model.state_dict()  # the rest of the init checkpoint is kept
+    assert all(torch.equal(v, kept[k]) for k, v in init.model.state_dict().items())
     # The restorer applies the curve after restoration: with and without it the outputs differ.
     photo = np.asarray(Image.open(photos / "p00.png"), np.float32) / 255
     with_tone = Restorer(loaded.model, "cpu").restore(photo).restored_luminance
-    without = Restorer(load_checkpoint(init).model, "cpu").restore(photo).restored_luminance
+    without = Restorer(init.model, "cpu").restore(photo).restored_luminance
     assert float(np.abs(with_tone - without).mean()) > 1e-4

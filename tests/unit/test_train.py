@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -16,31 +16,17 @@ import torch
 from PIL import Image
 
 from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pikfix.cli import main
+from pikfix.cli import main, parse_args
 from pikfix.color import rgb_to_model_space
 from pikfix.combine import combine_checkpoints
 from pikfix.config import PikFixConfig
 from pikfix.datasets import PhotoDataset, batch_iterator, split_photos
 from pikfix.losses import LossWeights
 from pikfix.model import PikFix
-from pikfix.train import TrainConfig, Trainer, TrainError, add_arguments, train
+from pikfix.train import TrainConfig, Trainer, TrainError, train
 
-TINY = PikFixConfig(
-    name="tiny",
-    rdn_width=8,
-    rdn_growth=4,
-    rdn_blocks=2,
-    sim_backbone_widths=(8, 8, 16, 16),
-    sim_width=8,
-    corr_max_positions=64,
-    hist_bins=8,
-    hist_sigma=0.25,
-    col_growth=4,
-    col_init_features=8,
-    col_units=(2, 2, 2, 2),
-    col_fusion_units=2,
-    col_decoder_units=(2, 2, 2),
-)
+TINY = PikFixConfig.tiny()
+OTHER = dataclasses.replace(TINY, rdn_blocks=2)  # another architecture: --init and combine refuse it
 HUES = {"red": (0.85, 0.25, 0.2), "green": (0.2, 0.7, 0.25), "blue": (0.2, 0.3, 0.85)}
 
 
@@ -214,11 +200,8 @@ def test_time_budget_stops_cleanly_and_saves(photo_dir: Path, tmp_path: Path) ->
 
 
 def test_command_line_options_map_onto_the_config() -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(
-        ["--data", "photos", "--crop", "96", "--scales", "1,0.5", "--max-minutes", "75", "--resume", "--threads", "2"]
-    )
+    args = parse_args(["train", "--data", "photos", "--crop", "96", "--scales", "1,0.5",
+                       "--max-minutes", "75", "--resume", "--threads", "2"])
     assert args.crop == 96 and args.scales == (1.0, 0.5) and args.max_minutes == 75.0
     assert args.resume and args.threads == 2 and args.lr == 1e-4 and args.config == "lite"
     defaults = TrainConfig()
@@ -316,8 +299,7 @@ def test_resume_refuses_another_part_and_init_checks_the_architecture(photo_dir:
         train(tiny_config(photo_dir, tmp_path / "rest", part="colorization", max_steps=2, resume=True))
     with pytest.raises(TrainError, match="unknown part"):
         train(tiny_config(photo_dir, tmp_path / "bad", part="everything"))
-    other = PikFix(PikFixConfig(name="tiny", rdn_width=8, rdn_growth=4, rdn_blocks=1))
-    save_checkpoint(tmp_path / "other.pt", other)
+    save_checkpoint(tmp_path / "other.pt", PikFix(OTHER))
     with pytest.raises(TrainError, match="another architecture"):
         train(tiny_config(photo_dir, tmp_path / "init", init=str(tmp_path / "other.pt"), max_steps=1))
     with pytest.raises(TrainError, match="--init"):
@@ -352,8 +334,7 @@ def test_combine_joins_the_two_parts(photo_dir: Path, tmp_path: Path) -> None:
     parts = combined.metadata["parts"]
     assert parts["restoration"]["training_steps"] == 2 and parts["colorization"]["train"]["part"] == "colorization"
     assert combined.metadata["training_steps"] == 4
-    other = PikFix(PikFixConfig(name="tiny", rdn_width=8, rdn_growth=4, rdn_blocks=1))
-    save_checkpoint(tmp_path / "other.pt", other)
+    save_checkpoint(tmp_path / "other.pt", PikFix(OTHER))
     with pytest.raises(CheckpointError, match="different architectures"):
         combine_checkpoints(str(tmp_path / "other.pt"), str(col), str(tmp_path / "x.pt"))
     assert main(["combine", "--restoration", str(tmp_path / "nope.pt"), "--colorization", str(col),
