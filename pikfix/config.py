@@ -1,4 +1,4 @@
-"""Every size of the Pik-Fix networks in one frozen dataclass, with two named presets.
+"""Every size of the Pik-Fix networks in one frozen dataclass, with named presets.
 
 ``paper()`` is the published architecture (RDN 64/32, ImageNet-shaped ResNet34, DenseNet-121-like
 encoder); ``lite()`` is the same graph narrowed to a few million parameters so it trains on a CPU and
@@ -91,8 +91,30 @@ class PikFixConfig:
         return cls()
 
     @classmethod
+    def tiny(cls) -> PikFixConfig:
+        """Toy widths for tests: the lite graph at about 80k parameters, colourized at 64 px."""
+        return cls(
+            name="tiny",
+            rdn_width=8,
+            rdn_growth=4,
+            rdn_blocks=1,
+            rdn_units=2,
+            sim_backbone_widths=(8, 8, 16, 16),
+            sim_width=8,
+            corr_max_positions=64,
+            hist_bins=8,
+            hist_sigma=2.0 / 8,
+            col_growth=4,
+            col_init_features=8,
+            col_units=(1, 1, 1, 1),
+            col_fusion_units=1,
+            col_decoder_units=(1, 1, 1),
+            working_size=64,
+        )
+
+    @classmethod
     def named(cls, name: str) -> PikFixConfig:
-        presets = {"paper": cls.paper, "lite": cls.lite}
+        presets = {"paper": cls.paper, "lite": cls.lite, "tiny": cls.tiny}
         if name not in presets:
             raise ValueError(f"unknown config {name!r}; expected one of {sorted(presets)}")
         return presets[name]()

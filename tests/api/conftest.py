@@ -1,5 +1,5 @@
 """Fixtures for the API tests: a fresh SQLite database, a local object folder and eager tasks per test,
-with one tiny Pik-Fix model (built here, saved as a real checkpoint) shared by the whole run."""
+with the suite's tiny checkpoint (tests/conftest.py) loaded once for the whole run."""
 
 from __future__ import annotations
 
@@ -11,34 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from db import repository as repo
 from db.migrate import upgrade
 from db.session import dispose_engine, session_scope
-from pikfix.checkpoint import save_checkpoint
 from pikfix.config import PikFixConfig
-from pikfix.model import PikFix
 from pikfix.settings import Settings
 
-# The Pik-Fix architecture at toy widths: restores a 64 px photo in milliseconds on a CPU.
-TINY_CONFIG = PikFixConfig(
-    name="tiny",
-    rdn_width=8,
-    rdn_growth=4,
-    rdn_blocks=1,
-    rdn_units=2,
-    sim_backbone_widths=(8, 8, 16, 16),
-    sim_width=8,
-    corr_max_positions=64,
-    hist_bins=8,
-    hist_sigma=0.25,
-    col_growth=4,
-    col_init_features=8,
-    working_size=64,
-)
+TINY_CONFIG = PikFixConfig.tiny()  # test_api_integration.py builds its own checkpoint from it
 
 MAX_UPLOAD = 256 * 1024
 MAX_REQUEST = 1024 * 1024
@@ -97,14 +79,6 @@ class SharedModels:
     checkpoint: Path
     restorer: object
     extractor: object
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, PikFix(TINY_CONFIG).eval(), metadata={"notes": "API tests"})
-    return path
 
 
 @pytest.fixture(scope="session")

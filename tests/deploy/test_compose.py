@@ -150,6 +150,7 @@ def _compose_cli() -> list[str] | None:
     return [docker, "compose"] if probe.returncode == 0 else None
 
 
+@pytest.mark.needs_container_engine
 def test_docker_compose_config_accepts_the_file() -> None:
     """`docker compose config` needs no engine: it validates and renders the file with .env.example."""
     cli = _compose_cli()

@@ -19,20 +19,6 @@ from pikfix.evaluate import METHODS, _scores, photo_seed
 from pikfix.metrics import ciede2000
 from pikfix.model import PikFix
 
-TINY = PikFixConfig(
-    name="tiny",
-    rdn_width=8,
-    rdn_growth=4,
-    sim_backbone_widths=(8, 8, 16, 16),
-    sim_width=8,
-    corr_max_positions=64,
-    hist_bins=8,
-    hist_sigma=0.25,
-    col_growth=4,
-    col_init_features=8,
-    working_size=64,
-)
-
 
 def scene(seed: int, tint: tuple[float, float, float], size: tuple[int, int] = (72, 96)) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -87,7 +73,9 @@ def test_photo_seed_depends_only_on_seed_and_name() -> None:
     assert photo_seed(0, "a.jpg") != photo_seed(1, "a.jpg") != photo_seed(0, "b.jpg")
 
 
-def test_eval_writes_a_report_with_all_methods_and_ships_an_fp16_copy(tmp_path: Path) -> None:
+def test_eval_writes_a_report_with_all_methods_and_ships_an_fp16_copy(
+    tmp_path: Path, tiny_checkpoint: Path
+) -> None:
     photos, refs = tmp_path / "photos", tmp_path / "refs"
     photos.mkdir()
     refs.mkdir()
@@ -96,13 +84,10 @@ def test_eval_writes_a_report_with_all_methods_and_ships_an_fp16_copy(tmp_path: 
     (refs / "copy_of_one.png").write_bytes(first.read_bytes())  # must never be its own reference
     save(refs / "warm.png", scene(12, (0.9, 0.4, 0.2)))
     save(refs / "green.png", scene(13, (0.2, 0.8, 0.3)))
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "tiny.pt"
-    save_checkpoint(checkpoint, PikFix(TINY).eval(), {"training_steps": 0})
     report_path, shipped = tmp_path / "report.json", tmp_path / "weights" / "shipped.pt"
 
     code = main([
-        "eval", "--photos", str(photos), "--references", str(refs), "--checkpoint", str(checkpoint),
+        "eval", "--photos", str(photos), "--references", str(refs), "--checkpoint", str(tiny_checkpoint),
         "--out", str(report_path), "--seed", "0", "--threads", "1", "--ship-to", str(shipped),
         "--ship-tolerance", "0.5",
     ])
@@ -120,7 +105,7 @@ def test_eval_writes_a_report_with_all_methods_and_ships_an_fp16_copy(tmp_path: 
         key = "psnr" if method != "luminance" else "gain_db"
         assert report["mean"][method][key] == pytest.approx(np.mean([r[method][key] for r in report["images"]]))
     assert set(report["goal"]) == {"beats_grey", "beats_reinhard", "luminance_gain_at_least_3db", "cast_within_3"}
-    assert report["checkpoint"]["sha256"] == load_checkpoint(checkpoint).sha256
+    assert report["checkpoint"]["sha256"] == load_checkpoint(tiny_checkpoint).sha256
 
     # shipped copy: fp16 tensors, its own report beside it, quality within the tolerance
     payload = torch.load(shipped, weights_only=True)
@@ -162,19 +147,19 @@ def test_eval_colour_scores_agree_with_scikit_image() -> None:
     assert scores["cast_a"] > 1.0  # more red, less green: a* rises
 
 
-def test_eval_upscale_and_against_compare_two_checkpoints_on_the_same_photos(tmp_path: Path, capsys) -> None:
+def test_eval_upscale_and_against_compare_two_checkpoints_on_the_same_photos(
+    tmp_path: Path, capsys, tiny_checkpoint: Path
+) -> None:
     photos, refs = tmp_path / "photos", tmp_path / "refs"
     photos.mkdir()
     refs.mkdir()
     save(photos / "one.png", scene(10, (0.8, 0.5, 0.3)))
     save(refs / "green.png", scene(13, (0.2, 0.8, 0.3)))
-    torch.manual_seed(0)
-    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
-    save_checkpoint(first, PikFix(TINY).eval(), {"training_steps": 0})
-    torch.manual_seed(1)
-    save_checkpoint(second, PikFix(TINY).eval(), {"training_steps": 0})
+    first, second = str(tiny_checkpoint), tmp_path / "b.pt"
+    torch.manual_seed(1)  # other weights than the shared tiny checkpoint's
+    save_checkpoint(second, PikFix(PikFixConfig.tiny()).eval(), {"training_steps": 0})
     out = tmp_path / "report.json"
-    code = main(["eval", "--photos", str(photos), "--references", str(refs), "--checkpoint", str(first),
+    code = main(["eval", "--photos", str(photos), "--references", str(refs), "--checkpoint", first,
                  "--against", str(second), "--upscale", "3", "--out", str(out), "--threads", "1"])
     assert code == 0
     report = json.loads(out.read_text())

@@ -1,7 +1,8 @@
-"""The Restorer end to end on small images with a freshly built (random-init) lite checkpoint."""
+"""The Restorer end to end on small images with the suite's random-init tiny checkpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -10,13 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pikfix.checkpoint import save_checkpoint
 from pikfix.color import rgb_to_gray01
-from pikfix.config import PikFixConfig
 from pikfix.errors import PikFixInputError
 from pikfix.imageio import decode_image, read_provenance
 from pikfix.inference import Restorer, _upsample_rows, luminance_of, working_shape
-from pikfix.model import PikFix
 
 WORKING = 64  # small working size keeps the colourization net fast on a CPU
 
@@ -47,23 +45,13 @@ def output_luminance(rgb: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "lite.pt"
-    sha = save_checkpoint(path, PikFix(PikFixConfig.lite()), metadata={"notes": "random init for tests"})
-    return path, sha
+def restorer(tiny_checkpoint):
+    return Restorer.from_checkpoint(tiny_checkpoint, device="cpu", working_size=WORKING)
 
 
-@pytest.fixture(scope="module")
-def restorer(checkpoint):
-    path, _ = checkpoint
-    return Restorer.from_checkpoint(path, device="cpu", working_size=WORKING)
-
-
-def test_from_checkpoint_records_identity(restorer, checkpoint):
-    _, sha = checkpoint
-    assert restorer.model_name == "pikfix-lite"
-    assert restorer.checkpoint_sha256 == sha
+def test_from_checkpoint_records_identity(restorer, tiny_checkpoint):
+    assert restorer.model_name == "pikfix-tiny"
+    assert restorer.checkpoint_sha256 == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     assert restorer.device == torch.device("cpu")
     assert restorer.amp_dtype is None  # autocast only on CUDA
     assert not restorer.model.training
@@ -109,9 +97,8 @@ def pixels_to_pil(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels, "L")
 
 
-def test_multi_tile_restoration_equals_whole_image(checkpoint):
-    path, _ = checkpoint
-    tiled = Restorer.from_checkpoint(path, device="cpu", tile_size=208, working_size=WORKING)
+def test_multi_tile_restoration_equals_whole_image(tiny_checkpoint):
+    tiled = Restorer.from_checkpoint(tiny_checkpoint, device="cpu", tile_size=208, working_size=WORKING)
     pixels = grey_photo(56, 250, seed=2)  # wider than one tile: two tiles along x
     result = tiled.restore(png_bytes(pixels))
     with torch.inference_mode():
@@ -134,7 +121,7 @@ def test_restore_file_writes_metadata_and_provenance(restorer, tmp_path):
     assert image.getexif()[271] == "Agfa"
     assert image.getexif().get_ifd(0x8769)[0x9003] == "1961:05:02 12:00:00"
     provenance = read_provenance(image.tag_v2[700])
-    assert provenance["model"] == "pikfix-lite" and provenance["reference_id"] == "garden.png"
+    assert provenance["model"] == "pikfix-tiny" and provenance["reference_id"] == "garden.png"
     assert provenance["checkpoint_sha256"] == restorer.checkpoint_sha256
     decoded = decode_image(out)
     assert decoded.dpi == pytest.approx((600, 600))

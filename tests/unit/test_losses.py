@@ -17,18 +17,7 @@ from pikfix.losses import (
 )
 from pikfix.model import PikFix
 
-TINY = PikFixConfig(
-    name="tiny",
-    rdn_width=8,
-    rdn_growth=4,
-    sim_backbone_widths=(8, 8, 16, 16),
-    sim_width=8,
-    corr_max_positions=64,
-    hist_bins=8,
-    hist_sigma=0.25,
-    col_growth=4,
-    col_init_features=8,
-)
+TINY = PikFixConfig.tiny()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -12,19 +12,7 @@ from pikfix.model import PikFix
 from pikfix.nets.similarity import capped_grid, correlate
 from pikfix.nets.sphist import SimilarityMap, SPHist
 
-# The same architecture at toy widths: fast enough for invariants that need large images.
-TINY = PikFixConfig(
-    name="tiny",
-    rdn_width=8,
-    rdn_growth=4,
-    sim_backbone_widths=(8, 8, 16, 16),
-    sim_width=8,
-    corr_max_positions=64,
-    hist_bins=8,
-    hist_sigma=0.25,
-    col_growth=4,
-    col_init_features=8,
-)
+TINY = PikFixConfig.tiny()
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +226,7 @@ def test_config_round_trip_and_presets() -> None:
     assert PikFixConfig.from_dict({**TINY.to_dict(), "tone_bins": 64}) == TINY
     with pytest.raises(ValueError, match="unknown config fields"):
         PikFixConfig.from_dict({**TINY.to_dict(), "tone_bins_typo": 64})
-    assert PikFixConfig.named("paper") == PikFixConfig.paper()
+    assert PikFixConfig.named("paper") == PikFixConfig.paper() and PikFixConfig.named("tiny") == TINY
     paper = PikFixConfig.paper()
     assert (paper.rdn_width, paper.rdn_growth, paper.sim_width, paper.sim_temperature) == (64, 32, 64, 0.005)
     assert paper.rdn_levels == (1, 4, 8) and paper.col_units == (6, 12, 24, 16)

@@ -75,7 +75,7 @@ def test_padding_effects_are_hidden_by_the_margin():
 
 def test_tiled_restoration_matches_untiled_with_the_real_network():
     torch.manual_seed(0)
-    model = PikFix(PikFixConfig(rdn_width=8, rdn_growth=8)).eval()
+    model = PikFix(PikFixConfig.tiny()).eval()
     height, width = 171, 203  # odd sizes: the last tiles end off the 8-pixel grid, like the image
     yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
     image = (0.5 + 0.3 * torch.sin(17 * xx) * torch.cos(11 * yy) + 0.15 * torch.rand(height, width)).clamp(0, 1)
@@ -90,7 +90,7 @@ def test_tiled_restoration_matches_untiled_with_the_real_network():
         whole = model.restore(image)
         tiled = tiled_apply(restore, image, tile_size=160, overlap=96, align=model.restoration.align)
     assert len(calls) == 4 and max(max(c) for c in calls) < max(height, width)
-    assert float((tiled - whole).abs().max()) < 1e-3
+    assert float((tiled - whole).abs().max()) < 1e-5  # the overlap covers the receptive radius
 
 
 def test_invalid_arguments_are_rejected():
