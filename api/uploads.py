@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.errors import ApiError, error_body, status_of
 from api.schemas import Rejected, text_problem
 from pikfix.errors import PikFixInputError
-from pikfix.imageio import SUPPORTED_INPUT_FORMATS, sniff_image_format
+from pikfix.imageio import missing_end_marker, open_image, sniff_image_format
 from pikfix.storage import ObjectStore, original_key, reference_key, safe_filename
 from workers.archive import IMAGE_EXTENSIONS
 
@@ -44,16 +44,6 @@ SPOOL_BYTES = 1 * MiB  # files up to this size never touch the disk
 HEAD_BYTES = 4096
 TAIL_BYTES = 4096
 
-# Pillow decoders allowed per sniffed format (the same allowlist idea as pikfix.imageio).
-_PIL_FORMATS: dict[str, list[str]] = {
-    "png": ["PNG"],
-    "jpeg": ["JPEG", "MPO"],
-    "tiff": ["TIFF"],
-    "bmp": ["BMP"],
-    "gif": ["GIF"],
-    "webp": ["WEBP"],
-    "jpeg2000": ["JPEG2000"],
-}
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "gif": ".gif", "webp": ".webp",
                "jpeg2000": ".jp2"}
 _CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff": "image/tiff", "bmp": "image/bmp",
@@ -309,20 +299,6 @@ class ImageInfo:
         return _CONTENT_TYPES[self.format]
 
 
-def _missing_end(fmt: str, staged: StagedFile) -> bool:
-    """Formats with an explicit end marker tell a cut-off upload apart from other damage."""
-    tail = staged.tail
-    if fmt == "png":
-        return b"IEND" not in tail[-64:]
-    if fmt == "jpeg":
-        return b"\xff\xd9" not in tail
-    if fmt == "gif":
-        return not tail.rstrip(b"\x00").endswith(b";")
-    if fmt == "webp" and len(staged.head) >= 8:
-        return int.from_bytes(staged.head[4:8], "little") + 8 > staged.size
-    return False
-
-
 def inspect_image(staged: StagedFile, max_pixels: int) -> ImageInfo:
     """Format (sniffed), size (from the header) and end marker of an uploaded photo.
 
@@ -334,22 +310,21 @@ def inspect_image(staged: StagedFile, max_pixels: int) -> ImageInfo:
     fmt = sniff_image_format(staged.head)
     if fmt is None:
         raise PikFixInputError("not_an_image", "the file is not an image (its first bytes match no image format)")
-    if fmt not in SUPPORTED_INPUT_FORMATS or fmt not in _PIL_FORMATS:
-        raise PikFixInputError(
-            "unsupported_format", f"{fmt.upper()} images are not supported; use one of {sorted(SUPPORTED_INPUT_FORMATS)}"
-        )
+    missing_end = missing_end_marker(fmt, staged.head, staged.tail, staged.size)
     # Pillow refuses anything over twice its own (process-wide) limit before we can look; ours decides.
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(staged.rewind(), formats=_PIL_FORMATS[fmt]) as image:
+            with open_image(staged.rewind(), fmt, first_frame=False) as image:  # refuses unsupported formats
                 width, height = image.size
+    except PikFixInputError:
+        raise
     except Image.DecompressionBombError as exc:
         raise PikFixInputError("too_many_pixels", "the image header declares more pixels than the limit") from exc
     except Exception as exc:  # Pillow raises many types for damaged headers; all mean bad input here
-        if _missing_end(fmt, staged):
+        if missing_end:
             raise PikFixInputError("truncated_image", f"the {fmt.upper()} file is cut off") from exc
         raise PikFixInputError("corrupt_image", f"the {fmt.upper()} header is damaged") from exc
     finally:
@@ -362,7 +337,7 @@ def inspect_image(staged: StagedFile, max_pixels: int) -> ImageInfo:
             f"the image is {width}x{height} = {width * height / 1e6:.1f} megapixels, "
             f"over the limit of {max_pixels / 1e6:.1f}",
         )
-    if _missing_end(fmt, staged):
+    if missing_end:
         raise PikFixInputError("truncated_image", f"the {fmt.upper()} file ends before its image data does")
     return ImageInfo(fmt, width, height)
 

@@ -8,9 +8,12 @@ under 1e-3 in L, a and b; every power is taken of a clamped base so gradients ne
 from __future__ import annotations
 
 import functools
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+_Array = TypeVar("_Array", np.ndarray, torch.Tensor)
 
 L_SCALE = 100.0
 AB_SCALE = 110.0
@@ -52,15 +55,18 @@ def _mix(matrix: tuple[tuple[float, ...], ...], x: torch.Tensor) -> torch.Tensor
     return torch.einsum("ij,njhw->nihw", m, x)
 
 
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    high = ((c.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4
-    return torch.where(c > 0.04045, high, c / 12.92)
+def srgb_to_linear(c: _Array) -> _Array:
+    """Decode the sRGB transfer function (IEC 61966-2-1): the package's one copy, for torch tensors
+    and numpy arrays alike. The power is taken of a clamped base, so gradients never turn NaN."""
+    where = torch.where if isinstance(c, torch.Tensor) else np.where
+    return where(c > 0.04045, ((c.clip(min=0.04045) + 0.055) / 1.055) ** 2.4, c / 12.92)
 
 
-def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    c = c.clamp(0.0, 1.0)
-    high = 1.055 * c.clamp_min(0.0031308) ** (1.0 / 2.4) - 0.055
-    return torch.where(c > 0.0031308, high, c * 12.92)
+def linear_to_srgb(c: _Array) -> _Array:
+    """Linear light, clamped to [0, 1], encoded with the sRGB transfer function (torch or numpy)."""
+    c = c.clip(0.0, 1.0)
+    where = torch.where if isinstance(c, torch.Tensor) else np.where
+    return where(c > 0.0031308, 1.055 * c.clip(min=0.0031308) ** (1.0 / 2.4) - 0.055, c * 12.92)
 
 
 def _lab_f(t: torch.Tensor) -> torch.Tensor:
@@ -76,7 +82,7 @@ def _lab_f_inv(f: torch.Tensor) -> torch.Tensor:
 def rgb_to_lab(rgb01: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1] (N,3,H,W) -> Lab with L in [0, 100] and a, b roughly in [-110, 110]."""
     rgb = _as_float(rgb01).clamp(0.0, 1.0)
-    xyz = _mix(_XYZ_FROM_RGB, _srgb_to_linear(rgb))
+    xyz = _mix(_XYZ_FROM_RGB, srgb_to_linear(rgb))
     xyz = xyz / xyz.new_tensor(_WHITE_D65).view(1, 3, 1, 1)
     fx, fy, fz = _lab_f(xyz).unbind(1)
     lum = 116.0 * fy - 16.0
@@ -94,7 +100,7 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     fx = a / 500.0 + fy
     fz = (fy - b / 200.0).clamp_min(0.0)
     xyz = _lab_f_inv(torch.stack((fx, fy, fz), dim=1)) * lab.new_tensor(_WHITE_D65).view(1, 3, 1, 1)
-    return _linear_to_srgb(_mix(_RGB_FROM_XYZ, xyz))
+    return linear_to_srgb(_mix(_RGB_FROM_XYZ, xyz))
 
 
 def rgb_to_model_space(rgb01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,12 +15,13 @@ import io
 import json
 import logging
 import re
+import struct
 import sys
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
@@ -63,6 +64,7 @@ _STRIP_PIXELS = 1 << 20  # rows converted per step are sized to about one megapi
 
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 0x8769, 0x8825, 0xA005
+_SUBIFD_NAMES = {_EXIF_IFD: "ExifTag", _GPS_IFD: "GPSTag"}  # tifffile's names for the pointer tags
 # TIFF layout tags: they describe the source file's pixel storage, not the photo, so they must not
 # travel to the output (a TIFF's IFD0 is also its "EXIF"). XMP, ICC and Photoshop blocks travel
 # separately or not at all.
@@ -198,10 +200,6 @@ def decode_image(data: bytes | bytearray | memoryview | str | Path, max_pixels: 
     fmt = sniff_image_format(data)
     if fmt is None:
         raise PikFixInputError("not_an_image", f"the file is not an image: it looks like {_describe_non_image(data)}")
-    if fmt not in _DECODERS:
-        raise PikFixInputError(
-            "unsupported_format", f"{fmt.upper()} images are not supported; use one of {sorted(_DECODERS)}"
-        )
     limit = _resolve_pixel_limit(max_pixels)
     try:
         with warnings.catch_warnings():
@@ -252,15 +250,25 @@ def _too_many_message(size: tuple[int, int], limit: int) -> str:
     return f"the image is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of {limit / 1e6:.1f}"
 
 
-def _open(data: bytes, fmt: str) -> Image.Image:
-    image = Image.open(io.BytesIO(data), formats=list(_DECODERS[fmt]))
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)  # animations and multi-page TIFFs: the first frame is the photo
+def open_image(fp: IO[bytes], fmt: str, first_frame: bool = True) -> Image.Image:
+    """Open ``fp`` with only the Pillow decoders allowed for its sniffed format ``fmt``.
+
+    Every reader of uploads (decoder, upload checks, reference colour check) opens through here, so
+    Pillow never picks a decoder itself. ``first_frame``: animations and multi-page TIFFs are
+    positioned on their first frame, the photo (it costs a walk over the frames).
+    """
+    if fmt not in _DECODERS:
+        raise PikFixInputError(
+            "unsupported_format", f"{fmt.upper()} images are not supported; use one of {sorted(_DECODERS)}"
+        )
+    image = Image.open(fp, formats=list(_DECODERS[fmt]))
+    if first_frame and getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
     return image
 
 
 def _decode(data: bytes, fmt: str, limit: int) -> DecodedImage:
-    image = _open(data, fmt)
+    image = open_image(io.BytesIO(data), fmt)
     w, h = image.size
     if w <= 0 or h <= 0:
         raise PikFixInputError("corrupt_image", f"the image header declares an empty size {w}x{h}")
@@ -292,7 +300,7 @@ def _classify_failure(exc: Exception, data: bytes, fmt: str) -> PikFixInputError
     if isinstance(exc, Image.DecompressionBombError):
         return PikFixInputError("too_many_pixels", "the image header declares more pixels than the limit allows")
     message = str(exc)
-    if isinstance(exc, EOFError) or "truncated" in message.lower() or _missing_end_marker(data, fmt):
+    if isinstance(exc, EOFError) or "truncated" in message.lower() or missing_end_marker(fmt, data, data, len(data)):
         return PikFixInputError("truncated_image", f"the {fmt.upper()} file ends before its image data does")
     if isinstance(exc, UnidentifiedImageError):
         return PikFixInputError("corrupt_image", f"the {fmt.upper()} header is damaged")
@@ -300,16 +308,20 @@ def _classify_failure(exc: Exception, data: bytes, fmt: str) -> PikFixInputError
     return PikFixInputError("corrupt_image", f"the {fmt.upper()} data is damaged ({detail})")
 
 
-def _missing_end_marker(data: bytes, fmt: str) -> bool:
-    """Formats with an explicit end tell truncation apart from other damage."""
+def missing_end_marker(fmt: str, head: bytes, tail: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes lacks the end its format declares (PNG, JPEG, GIF, WebP): cut off.
+
+    Formats with an explicit end tell truncation apart from other damage. Only the first and last
+    few KiB (``head``, ``tail``) are needed, so uploads are checked without being read whole.
+    """
     if fmt == "png":
-        return b"IEND" not in data[-64:]
+        return b"IEND" not in tail[-64:]
     if fmt == "jpeg":
-        return b"\xff\xd9" not in data[-4096:]
+        return b"\xff\xd9" not in tail[-4096:]
     if fmt == "gif":
-        return not data.rstrip(b"\x00").endswith(b";")
-    if fmt == "webp" and len(data) >= 8:
-        return int.from_bytes(data[4:8], "little") + 8 > len(data)
+        return not tail.rstrip(b"\x00").endswith(b";")
+    if fmt == "webp" and len(head) >= 8:
+        return int.from_bytes(head[4:8], "little") + 8 > size
     return False
 
 
@@ -411,7 +423,7 @@ def _load_rgb16(data: bytes, fmt: str) -> np.ndarray | None:
     padded = False
     try:
         for low in (False, True):
-            image = _open(data, fmt)
+            image = open_image(io.BytesIO(data), fmt)
             padded = image.mode == "RGBX"  # the fourth sample is padding, not alpha
             image.tile = [_with_rawmode(t, _byte_plane_rawmode(_rawmode_of(t) or "", low)) for t in image.tile]
             image.load()
@@ -537,7 +549,6 @@ def _channels_equal(arr: np.ndarray) -> bool:
 # --- colour management ------------------------------------------------------------------------------
 
 _SRGB: ImageCms.ImageCmsProfile | None = None
-_LUT_NODES = 52  # fallback 3-D lattice for 16-bit RGB with table-based profiles: nodes every 5 levels
 
 
 def _srgb_profile() -> ImageCms.ImageCmsProfile:
@@ -552,7 +563,7 @@ def srgb_icc_bytes() -> bytes:
     return _srgb_profile().tobytes()
 
 
-def _icc_transform(icc: bytes | None, mode: str) -> ImageCms.ImageCmsTransform | None:
+def _icc_transform(icc: bytes | None, mode: str, flags: int = 0) -> ImageCms.ImageCmsTransform | None:
     """A transform from the embedded profile to sRGB, or None when none is needed or possible.
 
     A damaged or mismatched profile is ignored with a warning: the pixels are then taken as sRGB,
@@ -565,118 +576,32 @@ def _icc_transform(icc: bytes | None, mode: str) -> ImageCms.ImageCmsTransform |
         name = (ImageCms.getProfileDescription(source) or "").strip()
         if mode == "RGB" and "srgb" in name.lower().replace(" ", ""):
             return None  # already sRGB: converting would only add rounding
-        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGB", renderingIntent=ImageCms.Intent.PERCEPTUAL)
+        intent = ImageCms.Intent.PERCEPTUAL
+        return ImageCms.buildTransform(source, _srgb_profile(), mode, "RGB", renderingIntent=intent, flags=flags)
     except Exception as exc:  # PyCMSError, OSError, TypeError: all mean "unusable profile"
         log.warning("ignoring unusable ICC profile (%d bytes): %s", len(icc), exc)
         return None
 
 
 def _convert_wide_to_srgb(wide: np.ndarray, icc: bytes | None, grey: bool) -> np.ndarray:
-    """Colour-manage 16-bit pixels without dropping to 8 bits.
+    """Colour-manage 16-bit pixels with LittleCMS without dropping them to 8 bits.
 
-    Pillow's colour management only runs on 8-bit images. Matrix/TRC profiles (Adobe RGB, ProPhoto,
-    Display P3, grey gamma: what scanners write) are applied exactly in float from the profile's own
-    curves and colorants; table-based profiles fall back to LittleCMS sampled on a lattice.
+    Pillow runs LittleCMS on 8-bit pixels only, so each pixel is interpolated between the converted
+    corners of its 8-bit cell: 16-bit gradations stay smooth (no banding) and the error stays
+    within LittleCMS's own 8-bit rounding, for matrix and table-based profiles alike. The grey
+    curve (256 samples) skips LittleCMS's 8-bit optimisation, off by up to 10 levels in the
+    shadows of linear profiles.
     """
-    if not icc:
-        return wide
-    transform = _icc_transform(icc, "L" if grey else "RGB")
+    flags = ImageCms.Flags.NOOPTIMIZE if grey else ImageCms.Flags.NONE
+    transform = _icc_transform(icc, "L" if grey else "RGB", flags)
     if transform is None:
         return wide
-    shaper = _parse_matrix_shaper(icc, grey)
-    if shaper is not None:
-        return _apply_shaper(wide, shaper)
-    return _apply_lut_grey(wide, transform) if grey else _apply_lut_rgb(wide, transform)
+    return _apply_cms_grey(wide, transform) if grey else _apply_cms_rgb(wide, transform)
 
 
-@dataclass(frozen=True)
-class _MatrixShaper:
-    curves: tuple[Any, ...]  # per channel: encoded value in [0, 1] -> linear light
-    to_srgb_linear: np.ndarray | None  # 3x3 device RGB (linear) -> linear sRGB; None for grey
-
-
-def _srgb_encode(linear: np.ndarray) -> np.ndarray:
-    linear = np.clip(linear, 0.0, 1.0)
-    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * np.power(linear, 1 / 2.4) - 0.055)
-
-
-def _icc_tags(icc: bytes) -> dict[bytes, bytes]:
-    count = int.from_bytes(icc[128:132], "big")
-    tags = {}
-    for i in range(min(count, 100)):
-        entry = icc[132 + 12 * i : 144 + 12 * i]
-        offset, size = int.from_bytes(entry[4:8], "big"), int.from_bytes(entry[8:12], "big")
-        tags[entry[:4]] = icc[offset : offset + size]
-    return tags
-
-
-def _s15(raw: bytes) -> float:
-    return int.from_bytes(raw, "big", signed=True) / 65536.0
-
-
-def _parse_curve(tag: bytes) -> Any:
-    """An ICC curv/para tag as a vectorised function on [0, 1]."""
-    kind = tag[:4]
-    if kind == b"curv":
-        n = int.from_bytes(tag[8:12], "big")
-        if n == 0:
-            return lambda x: x
-        if n == 1:
-            gamma = int.from_bytes(tag[12:14], "big") / 256.0
-            return lambda x: np.power(np.clip(x, 0.0, 1.0), gamma)
-        table = np.frombuffer(tag[12 : 12 + 2 * n], dtype=">u2").astype(np.float64) / 65535.0
-        grid = np.linspace(0.0, 1.0, n)
-        return lambda x: np.interp(x, grid, table)
-    if kind == b"para":
-        fn = int.from_bytes(tag[8:10], "big")
-        count = {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}[fn]
-        g, a, b, c, d, e, f = ([_s15(tag[12 + 4 * i : 16 + 4 * i]) for i in range(count)] + [0.0] * 7)[:7]
-        if fn == 0:
-            return lambda x: np.power(np.clip(x, 0.0, 1.0), g)
-        if fn in (1, 2):
-            c = c if fn == 2 else 0.0
-            return lambda x: np.where(x >= -b / a, np.power(np.clip(a * x + b, 0.0, None), g) + c, c)
-        return lambda x: np.where(x >= d, np.power(np.clip(a * x + b, 0.0, None), g) + e, c * x + f)
-    raise ValueError(f"unsupported curve type {kind!r}")
-
-
-def _parse_matrix_shaper(icc: bytes, grey: bool) -> _MatrixShaper | None:
-    try:
-        if icc[36:40] != b"acsp" or icc[20:24] != b"XYZ ":
-            return None
-        tags = _icc_tags(icc)
-        if grey:
-            return _MatrixShaper(curves=(_parse_curve(tags[b"kTRC"]),), to_srgb_linear=None)
-        curves = tuple(_parse_curve(tags[sig]) for sig in (b"rTRC", b"gTRC", b"bTRC"))
-        columns = []
-        for sig in (b"rXYZ", b"gXYZ", b"bXYZ"):
-            tag = tags[sig]
-            columns.append([_s15(tag[8 + 4 * i : 12 + 4 * i]) for i in range(3)])
-        xyz_from_device = np.array(columns).T
-        srgb = _srgb_profile().profile
-        xyz_from_srgb = np.array([srgb.red_colorant[0], srgb.green_colorant[0], srgb.blue_colorant[0]]).T
-        return _MatrixShaper(curves=curves, to_srgb_linear=np.linalg.solve(xyz_from_srgb, xyz_from_device))
-    except (KeyError, ValueError, IndexError, np.linalg.LinAlgError) as exc:
-        log.debug("ICC profile is not a plain matrix/TRC profile (%s): using the lattice", exc)
-        return None
-
-
-def _apply_shaper(wide: np.ndarray, shaper: _MatrixShaper) -> np.ndarray:
-    out = np.empty(wide.shape, dtype=np.float32)
-    rows = max(1, _STRIP_PIXELS // 4 // max(1, wide.shape[1]))
-    for y in range(0, wide.shape[0], rows):
-        strip = wide[y : y + rows].astype(np.float64)
-        if shaper.to_srgb_linear is None:
-            out[y : y + rows] = _srgb_encode(shaper.curves[0](strip))
-            continue
-        linear = np.stack([curve(strip[..., i]) for i, curve in enumerate(shaper.curves)], axis=-1)
-        out[y : y + rows] = _srgb_encode(linear @ shaper.to_srgb_linear.T)
-    return out
-
-
-def _apply_lut_grey(grey: np.ndarray, transform: ImageCms.ImageCmsTransform) -> np.ndarray:
-    """16-bit grey through a grey profile: an exact 256-entry curve, linearly interpolated."""
-    ramp = Image.fromarray(np.arange(256, dtype=np.uint8)[None, :], mode="L")
+def _apply_cms_grey(grey: np.ndarray, transform: ImageCms.ImageCmsTransform) -> np.ndarray:
+    """16-bit grey through a grey profile: the 256-entry curve LittleCMS gives, linearly interpolated."""
+    ramp = Image.fromarray(np.arange(256, dtype=np.uint8)[None, :])
     curve = np.asarray(ImageCms.applyTransform(ramp, transform), dtype=np.float32)[0].mean(axis=1) / 255.0
     out = np.empty_like(grey)
     rows = max(1, _STRIP_PIXELS // max(1, grey.shape[1]))
@@ -686,33 +611,30 @@ def _apply_lut_grey(grey: np.ndarray, transform: ImageCms.ImageCmsTransform) -> 
     return out
 
 
-def _apply_lut_rgb(rgb: np.ndarray, transform: ImageCms.ImageCmsTransform) -> np.ndarray:
-    """16-bit RGB through an RGB profile: LittleCMS evaluated on a lattice, trilinear in between.
+def _apply_cms_rgb(rgb: np.ndarray, transform: ImageCms.ImageCmsTransform) -> np.ndarray:
+    """16-bit RGB through an RGB profile: tetrahedral interpolation between four LittleCMS passes.
 
-    Pillow's colour management only runs on 8-bit images; sampling it on a lattice and interpolating
-    keeps 16-bit gradations smooth (no banding) at the cost of ~0.5/255 error at the lattice nodes.
+    The corners are the cell's base, base + the channel with the largest fraction, base + all but
+    the one with the smallest, and base + all; on the grey axis this is linear interpolation, so
+    neutral ramps stay monotone.
     """
-    n = _LUT_NODES
-    levels = np.linspace(0, 255, n).round().astype(np.uint8)
-    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
-    lattice = np.stack((r, g, b), axis=-1).reshape(1, n**3, 3)
-    mapped = ImageCms.applyTransform(Image.fromarray(lattice, mode="RGB"), transform)
-    lut = np.asarray(mapped, dtype=np.float32).reshape(n, n, n, 3) / 255.0
-    out = np.empty_like(rgb, dtype=np.float32)
+    out = np.empty(rgb.shape, dtype=np.float32)
     rows = max(1, _STRIP_PIXELS // 4 // max(1, rgb.shape[1]))
     for y in range(0, rgb.shape[0], rows):
-        pos = np.clip(rgb[y : y + rows], 0.0, 1.0) * (n - 1)
-        i0 = np.minimum(pos.astype(np.int32), n - 2)
-        f = pos - i0
+        pos = np.clip(rgb[y : y + rows], 0.0, 1.0) * np.float32(255.0)
+        base = np.minimum(pos.astype(np.uint8), 254)
+        frac = pos - base
+        r, g, b = frac[..., 0], frac[..., 1], frac[..., 2]
+        high, low = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+        mid = r + g + b - high - low
+        # Ties mark several channels, but a tie also gives that corner a weight of zero.
+        top, bottom = frac == high[..., None], frac == low[..., None]
         acc = np.zeros(pos.shape, dtype=np.float32)
-        for dr in (0, 1):
-            wr = f[..., 0] if dr else 1.0 - f[..., 0]
-            for dg in (0, 1):
-                wg = f[..., 1] if dg else 1.0 - f[..., 1]
-                for db in (0, 1):
-                    wb = f[..., 2] if db else 1.0 - f[..., 2]
-                    acc += (wr * wg * wb)[..., None] * lut[i0[..., 0] + dr, i0[..., 1] + dg, i0[..., 2] + db]
-        out[y : y + rows] = acc
+        corners = (base, base + top, base + 1 - bottom, base + 1)
+        for corner, weight in zip(corners, (1.0 - high, high - mid, mid - low, low), strict=True):
+            converted = ImageCms.applyTransform(Image.fromarray(corner), transform)
+            acc += weight[..., None] * np.asarray(converted, dtype=np.float32)
+        out[y : y + rows] = acc / np.float32(255.0)
     return out
 
 
@@ -899,20 +821,10 @@ def encode_image(
             packet = build_xmp(provenance, None)
         if dpi is not None:
             options["dpi"] = (round(dpi[0]), round(dpi[1]))
-        image.save(out, "JPEG", quality=95, **options)
         if packet is not None:
-            return _insert_jpeg_xmp(out.getvalue(), packet)
+            options["xmp"] = packet  # Pillow >= 11 writes it as an APP1 segment
+        image.save(out, "JPEG", quality=95, **options)
     return out.getvalue()
-
-
-def _insert_jpeg_xmp(jpeg: bytes, packet: bytes) -> bytes:
-    """Add an XMP APP1 segment after the JFIF/EXIF segments (written here, not by Pillow, whose
-    support for XMP on save depends on its version)."""
-    segment = b"http://ns.adobe.com/xap/1.0/\x00" + packet
-    pos = 2  # after SOI
-    while jpeg[pos] == 0xFF and jpeg[pos + 1] in (0xE0, 0xE1):
-        pos += 2 + int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
-    return jpeg[:pos] + b"\xff\xe1" + (len(segment) + 2).to_bytes(2, "big") + segment + jpeg[pos:]
 
 
 def _valid_dpi(dpi: Any) -> tuple[float, float] | None:
@@ -940,73 +852,80 @@ def _quantize(rgb: np.ndarray, dtype: type[np.unsignedinteger]) -> np.ndarray:
 
 
 def _encode_tiff16(pixels: np.ndarray, exif: Image.Exif | None, xmp: bytes | None, dpi: tuple[float, float] | None) -> bytes:
-    """A baseline uncompressed little-endian TIFF with 16-bit samples (Pillow cannot write 16-bit RGB).
+    """An uncompressed little-endian TIFF with 16-bit samples (Pillow cannot write 16-bit RGB).
 
-    Pillow's IFD serialiser lays out header | IFD | tag data | strips and relocates StripOffsets
-    past the tag data, so strip offsets are given relative to the first strip.
+    tifffile writes the pixels and IFD0, but no EXIF or GPS sub-IFD: those are serialised by Pillow
+    after the pixels, and IFD0 points at them through placeholder entries patched afterwards.
     """
+    import tifffile  # imported here: the API imports this module only to check uploads
+
     height, width, channels = pixels.shape
     row_bytes = width * channels * 2
-    strip_bytes_total = height * row_bytes
-    if strip_bytes_total > 0xF000_0000:
+    if height * row_bytes > 0xF000_0000:
         raise ValueError("image too large for a classic TIFF (4 GB); choose PNG or JPEG")
-    rows_per_strip = max(1, min(height, (1 << 20) // row_bytes))
-    starts = list(range(0, height, rows_per_strip))
-    counts = [(min(height, y + rows_per_strip) - y) * row_bytes for y in starts]
-    offsets = [y * row_bytes for y in starts]
-
-    try:
-        directory = _tiff_directory(width, height, channels, rows_per_strip, offsets, counts, exif, xmp, dpi)
-    except Exception as exc:  # an odd EXIF value the TIFF serialiser cannot write must not cost the photo
-        log.warning("writing the TIFF without EXIF, which could not be serialised: %s", exc)
-        directory = _tiff_directory(width, height, channels, rows_per_strip, offsets, counts, None, xmp, dpi)
+    tags: list[tuple[Any, ...]] = [(_ORIENTATION_TAG, 3, 1, 1, True)]
+    if xmp is not None:
+        tags.append((700, 1, len(xmp), xmp, True))
+    subifds: dict[int, TiffImagePlugin.ImageFileDirectory_v2] = {}
+    unit = 2  # inch
+    if exif is not None:
+        if dpi is None and (dpi := _valid_dpi((exif.get(282), exif.get(283)))) is not None:
+            unit = exif.get(296) if exif.get(296) in (1, 3) else 2  # the original's resolution, in its unit
+        try:
+            exif_tags, subifds = _tiff_exif(exif)
+            tags += exif_tags
+        except Exception as exc:  # an odd EXIF value the TIFF serialiser cannot write must not cost the photo
+            log.warning("writing the TIFF without EXIF, which could not be serialised: %s", exc)
+            subifds = {}
+    # tifffile refuses IFD pointer tags given by number; by name it writes them (here as placeholders).
+    tags += [(_SUBIFD_NAMES[code], 4, 1, 0, True) for code in subifds]
     out = io.BytesIO()
-    out.write(b"II*\x00" + (8).to_bytes(4, "little"))
-    out.write(directory)
-    data = pixels.astype("<u2", copy=False)
-    rows = max(1, _STRIP_PIXELS // max(1, width))
-    for y in range(0, height, rows):
-        out.write(np.ascontiguousarray(data[y : y + rows]).tobytes())
+    tifffile.imwrite(
+        out, pixels if channels == 3 else pixels[..., 0], byteorder="<", bigtiff=False, metadata=None,
+        photometric="rgb" if channels == 3 else "minisblack", rowsperstrip=max(1, (1 << 20) // row_bytes),
+        resolution=dpi, resolutionunit=unit if dpi is not None else None, software=f"pikfix {__version__}",
+        iccprofile=srgb_icc_bytes() if channels == 3 else None, extratags=tags,
+    )
+    offsets = {}
+    for code, ifd in subifds.items():
+        end = out.seek(0, io.SEEK_END)
+        offsets[code] = end + end % 2  # IFDs start on a word boundary
+        out.write(bytes(end % 2) + ifd.tobytes(offsets[code]))
+    with out.getbuffer() as data:
+        first = int.from_bytes(data[4:8], "little")
+        for entry in range(first + 2, first + 2 + 12 * int.from_bytes(data[first : first + 2], "little"), 12):
+            code = int.from_bytes(data[entry : entry + 2], "little")
+            if code in offsets:
+                data[entry + 8 : entry + 12] = offsets[code].to_bytes(4, "little")
     return out.getvalue()
 
 
-def _tiff_directory(
-    width: int,
-    height: int,
-    channels: int,
-    rows_per_strip: int,
-    offsets: list[int],
-    counts: list[int],
-    exif: Image.Exif | None,
-    xmp: bytes | None,
-    dpi: tuple[float, float] | None,
-) -> bytes:
-    """IFD0 of the output TIFF, serialised for a file whose IFD starts at byte 8."""
-    ifd = TiffImagePlugin.ImageFileDirectory_v2()
-    if exif is not None:  # in a TIFF the EXIF IFD0 tags live in the image's own IFD
-        for tag, value in exif.items():
-            if tag in (_EXIF_IFD, _GPS_IFD):
-                sub = exif.get_ifd(tag)
-                if sub:
-                    ifd[tag] = dict(sub)
-            elif tag not in _EXIF_LAYOUT_TAGS:
-                ifd[tag] = value
-    ifd[256] = width
-    ifd[257] = height
-    ifd[258] = (16,) * channels
-    ifd[259] = 1  # no compression
-    ifd[262] = 2 if channels == 3 else 1  # RGB or min-is-black
-    ifd[273] = tuple(offsets)
-    ifd[277] = channels
-    ifd[278] = rows_per_strip
-    ifd[279] = tuple(counts)
-    ifd[284] = 1  # chunky
-    ifd[305] = f"pikfix {__version__}"
-    ifd[_ORIENTATION_TAG] = 1
-    if dpi is not None:
-        ifd[282], ifd[283], ifd[296] = dpi[0], dpi[1], 2
-    if xmp is not None:
-        ifd[700] = xmp
-    if channels == 3:
-        ifd[34675] = srgb_icc_bytes()
-    return ifd.tobytes(8)
+def _tiff_exif(exif: Image.Exif) -> tuple[list[tuple[Any, ...]], dict[int, TiffImagePlugin.ImageFileDirectory_v2]]:
+    """The EXIF as tifffile extratags for IFD0, and its EXIF and GPS sub-IFDs.
+
+    Values are encoded by Pillow's TIFF writer, as Pillow would write them, then handed to tifffile
+    unpacked (it counts packed rationals wrongly). Tags tifffile writes itself are left out.
+    """
+    from tifffile import TIFF
+
+    top = TiffImagePlugin.ImageFileDirectory_v2()
+    subifds = {}
+    for tag, value in exif.items():
+        if tag in _SUBIFD_NAMES:
+            if sub := exif.get_ifd(tag):
+                subifds[tag] = TiffImagePlugin.ImageFileDirectory_v2(group=tag)
+                for key, item in sub.items():
+                    subifds[tag][key] = item
+                subifds[tag].tobytes(0)  # fail now, not after the pixels were written
+        elif tag not in _EXIF_LAYOUT_TAGS and tag not in (_ORIENTATION_TAG, 282, 283, 296, 305):
+            top[tag] = value
+    raw = top.tobytes(0)
+    tags = []
+    for i in range(int.from_bytes(raw[:2], "little")):
+        code, kind, count, field = struct.unpack_from("<HHI4s", raw, 2 + 12 * i)
+        per_value = TIFF.DATA_FORMATS[kind]  # e.g. "2I": a rational is two unsigned longs
+        fmt = f"<{count * int(per_value[:-1])}{per_value[-1]}"
+        size = struct.calcsize(fmt)
+        data = field[:size] if size <= 4 else raw[int.from_bytes(field, "little") :][:size]
+        tags.append((code, kind, count, data if kind in (1, 2, 7) else struct.unpack(fmt, data), True))
+    return tags, subifds

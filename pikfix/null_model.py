@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pikfix import __version__
-from pikfix.color import _LAB_F0, _LAB_SLOPE, _LAB_T0, _XYZ_FROM_RGB, L_SCALE  # the model's notion of grey
+from pikfix.color import _LAB_F0, _LAB_SLOPE, _LAB_T0, _XYZ_FROM_RGB, L_SCALE, linear_to_srgb, srgb_to_linear
 from pikfix.imageio import DecodedImage
 from pikfix.inference import ImageInput, RestoreResult, decode_input, working_shape
 
@@ -103,8 +103,7 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     y_weights = np.asarray(_XYZ_FROM_RGB[1], dtype=np.float32)  # the Y row; the D65 white has Y = 1
     rows = _strip_rows(width)
     for y in range(0, height, rows):
-        c = np.clip(np.asarray(rgb[y : y + rows], dtype=np.float32), 0.0, 1.0)
-        linear = np.where(c > 0.04045, ((np.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4, c / 12.92)
+        linear = srgb_to_linear(np.clip(np.asarray(rgb[y : y + rows], dtype=np.float32), 0.0, 1.0))
         lum_y = linear @ y_weights
         f = np.where(lum_y > _LAB_T0, np.cbrt(np.maximum(lum_y, _LAB_T0)), _LAB_SLOPE * lum_y + _LAB_F0)
         out[y : y + rows] = (116.0 * f - 16.0) / L_SCALE
@@ -119,10 +118,8 @@ def grey_rgb(lum01: np.ndarray) -> np.ndarray:
     rows = _strip_rows(width)
     for y in range(0, height, rows):
         fy = (np.clip(lum01[y : y + rows], 0.0, 1.0) * L_SCALE + 16.0) / 116.0
-        lum_y = np.clip(np.where(fy > f0, np.maximum(fy, f0) ** 3, (fy - _LAB_F0) / _LAB_SLOPE), 0.0, 1.0)
-        srgb = np.where(lum_y > 0.0031308, 1.055 * np.maximum(lum_y, 0.0031308) ** (1.0 / 2.4) - 0.055,
-                        lum_y * 12.92)
-        rgb[y : y + rows] = srgb[..., None]
+        lum_y = np.where(fy > f0, np.maximum(fy, f0) ** 3, (fy - _LAB_F0) / _LAB_SLOPE)
+        rgb[y : y + rows] = linear_to_srgb(lum_y)[..., None]
     return rgb
 
 

@@ -52,8 +52,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pikfix.backbones import VGG19Features, gray_to_rgb
+from pikfix.color import srgb_to_linear
 from pikfix.errors import PikFixInputError
-from pikfix.imageio import _DECODERS, decode_pil_image
+from pikfix.imageio import decode_pil_image, open_image
 from pikfix.metrics import colourfulness
 from pikfix.uri import read_uri_bytes, write_uri_bytes
 
@@ -199,14 +200,10 @@ def check_reference_colour_file(
     a fraction of its full decode; grey pixel modes answer without decoding. The ICC profile is
     applied as the worker's decoder applies it. Damaged pixel data raises ``PikFixInputError``.
     """
-    if fmt not in _DECODERS:
-        raise PikFixInputError("unsupported_format", f"{fmt.upper()} images are not supported")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(fp, formats=list(_DECODERS[fmt])) as image:
-                if getattr(image, "n_frames", 1) > 1:
-                    image.seek(0)  # the first frame is the photo, as in the worker
+            with open_image(fp, fmt) as image:  # the first frame is the photo, as in the worker
                 if image.mode in _GREY_MODES:
                     return ColourCheck(0.0, threshold)
                 image.draft("RGB", (side, side))
@@ -224,7 +221,7 @@ def check_reference_colour_file(
 
 def _srgb_to_l01(rgb: np.ndarray) -> np.ndarray:
     """sRGB in [0, 1] to CIE L/100: the luminance the pipeline's grey input is expressed in."""
-    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    lin = srgb_to_linear(rgb)
     y = lin[..., 0] * 0.212671 + lin[..., 1] * 0.715160 + lin[..., 2] * 0.072169
     f = np.where(y > 0.008856, np.cbrt(y), 7.787 * y + 16.0 / 116.0)
     return ((116.0 * f - 16.0) / 100.0).astype(np.float32)

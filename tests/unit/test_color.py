@@ -10,11 +10,13 @@ from skimage import color as skcolor
 from pikfix.color import (
     lab_to_rgb,
     lab_to_rgb_np,
+    linear_to_srgb,
     model_space_to_rgb,
     rgb_to_gray01,
     rgb_to_lab,
     rgb_to_lab_np,
     rgb_to_model_space,
+    srgb_to_linear,
 )
 
 
@@ -97,3 +99,13 @@ def test_gradients_are_finite_everywhere() -> None:
 def test_half_input_is_computed_in_float32() -> None:
     rgb = torch.rand(1, 3, 4, 4)
     torch.testing.assert_close(rgb_to_lab(rgb.half()), rgb_to_lab(rgb.half().float()))
+
+
+def test_srgb_transfer_function_serves_numpy_and_torch_alike() -> None:
+    encoded = np.linspace(0.0, 1.0, 1001, dtype=np.float32)
+    linear = srgb_to_linear(encoded)
+    assert isinstance(linear, np.ndarray) and linear.dtype == np.float32
+    torch.testing.assert_close(srgb_to_linear(torch.from_numpy(encoded)), torch.from_numpy(linear))
+    np.testing.assert_allclose(linear_to_srgb(linear), encoded, atol=1e-6)
+    np.testing.assert_allclose(linear[[0, 1000]], (0.0, 1.0), atol=1e-7)
+    np.testing.assert_allclose(linear_to_srgb(np.array([-0.5, 2.0])), (0.0, 1.0))  # clamped first

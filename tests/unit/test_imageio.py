@@ -76,7 +76,12 @@ def icc_profile(name: str, colorants=None, gamma: float = GAMMA_22) -> bytes:
 def expected_srgb_from_adobe(rgb01: np.ndarray) -> np.ndarray:
     """Independent colorimetry: Adobe-RGB-like (gamma 2.2) -> XYZ D50 -> sRGB (D50-adapted matrix)."""
     xyz = (np.asarray(rgb01, dtype=np.float64) ** GAMMA_22) @ np.array(ADOBE_RGB_D50)
-    linear = np.clip(xyz @ np.linalg.inv(np.array(SRGB_D50)), 0.0, 1.0)
+    return expected_srgb_from_linear(xyz @ np.linalg.inv(np.array(SRGB_D50)))
+
+
+def expected_srgb_from_linear(linear: np.ndarray) -> np.ndarray:
+    """The sRGB encoding, written out independently of the package's."""
+    linear = np.clip(linear, 0.0, 1.0)
     return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
 
 
@@ -123,6 +128,7 @@ def noise_rgb(h: int = 24, w: int = 32) -> np.ndarray:
 def sample_exif(orientation: int = 1) -> Image.Exif:
     exif = Image.Exif()
     exif[271] = "Kodak"
+    exif[272] = "Brownie No. 2"
     exif[306] = "1952:07:14 10:00:00"
     exif[274] = orientation
     exif[0x8769] = {0x9003: "1952:07:14 10:00:00"}
@@ -337,6 +343,9 @@ def test_icc_conversion_on_sixteen_bit_rgb_and_grey():
     assert len(np.unique(out)) > 600 and np.all(np.diff(out) >= -1e-6)
 
     linear_grey = icc_profile("Linear grey", None, gamma=1.0)
+    shadows = np.linspace(0, 3000, 200).astype(np.uint16)[None, :, None]  # where linear -> sRGB is steep
+    decoded = decode_image(png16(shadows, icc=linear_grey)).rgb[0, :, 0]
+    np.testing.assert_allclose(decoded, expected_srgb_from_linear(shadows[0, :, 0] / 65535), atol=1 / 255)
     grey = Image.fromarray(np.full((4, 4), 100, np.uint8), "L")
     decoded = decode_image(save(grey, "PNG", icc_profile=linear_grey))
     srgb = 1.055 * (100 / 255) ** (1 / 2.4) - 0.055  # linear light encoded as sRGB
@@ -414,16 +423,18 @@ def test_png_round_trip_with_metadata():
     assert prov["parameters"] == '{"tile": 512, "working_size": 256}'
 
 
+ORIGINAL_XMP = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6">'
+    b"<dc:title><rdf:Alt><rdf:li xml:lang=\"x-default\">Grandma, 1952</rdf:li></rdf:Alt></dc:title>"
+    b"</rdf:Description></rdf:RDF></x:xmpmeta>"
+)
+
+
 def test_jpeg_round_trip_with_metadata_and_merged_xmp():
-    original = (
-        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
-        b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6">'
-        b"<dc:title><rdf:Alt><rdf:li xml:lang=\"x-default\">Grandma, 1952</rdf:li></rdf:Alt></dc:title>"
-        b"</rdf:Description></rdf:RDF></x:xmpmeta>"
-    )
     rgb = np.full((32, 48, 3), (0.8, 0.4, 0.2), np.float32)
-    data = encode_image(rgb, "jpeg", exif=sample_exif().tobytes(), xmp=original, provenance=PROVENANCE)
+    data = encode_image(rgb, "jpeg", exif=sample_exif().tobytes(), xmp=ORIGINAL_XMP, provenance=PROVENANCE)
     image = Image.open(io.BytesIO(data))
     assert image.format == "JPEG" and image.size == (48, 32)
     np.testing.assert_allclose(np.asarray(image).mean(axis=(0, 1)) / 255, (0.8, 0.4, 0.2), atol=3 / 255)
@@ -440,18 +451,32 @@ def test_jpeg_round_trip_with_metadata_and_merged_xmp():
 
 def test_tiff16_round_trip_keeps_sixteen_bits_and_metadata():
     rgb = RNG.random((17, 23, 3)).astype(np.float32)
-    data = encode_image(rgb, "tiff16", exif=sample_exif(8).tobytes(), dpi=(1200, 1200), provenance=PROVENANCE)
+    data = encode_image(rgb, "tiff16", exif=sample_exif(8).tobytes(), xmp=ORIGINAL_XMP, dpi=(1200, 1200),
+                        provenance=PROVENANCE)
     image = Image.open(io.BytesIO(data))
     assert image.format == "TIFF" and image.size == (23, 17)
-    assert image.tag_v2[258] == (16, 16, 16) and image.tag_v2[277] == 3
+    assert image.tag_v2[258] == (16, 16, 16) and image.tag_v2[277] == 3 and image.info.get("icc_profile")
     exif = image.getexif()
-    assert exif[271] == "Kodak" and exif[274] == 1
+    assert (exif[271], exif[272], exif[306], exif[274]) == ("Kodak", "Brownie No. 2", "1952:07:14 10:00:00", 1)
+    assert exif[305].startswith("pikfix")
     assert exif.get_ifd(0x8769)[0x9003] == "1952:07:14 10:00:00"
+    gps = exif.get_ifd(0x8825)
+    assert gps[1] == "N" and tuple(map(float, gps[2])) == (48.0, 51.0, 24.0)
+    assert b"Grandma, 1952" in image.tag_v2[700] and b'tiff:Orientation="1"' in image.tag_v2[700]
     assert read_provenance(image.tag_v2[700])["model"] == "pikfix-lite"
     decoded = decode_image(data)
     assert decoded.bit_depth == 16 and decoded.dpi == pytest.approx((1200, 1200))
     assert np.abs(decoded.rgb - rgb).max() < 1e-5  # 16-bit quantisation, not 8-bit
     assert read_provenance(decoded.xmp)["reference_id"] == "ref-42"
+
+
+def test_tiff16_grey_and_resolution_from_the_original_exif():
+    exif = sample_exif()
+    exif[282], exif[283], exif[296] = 300.0, 300.0, 2
+    data = encode_image(RNG.random((9, 7)).astype(np.float32), "tiff16", exif=exif.tobytes())
+    image = Image.open(io.BytesIO(data))
+    assert image.mode == "I;16" and image.tag_v2[262] == 1 and image.getexif()[271] == "Kodak"
+    assert image.info["dpi"] == pytest.approx((300, 300))
 
 
 def test_decode_then_encode_carries_metadata_through():
