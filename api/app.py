@@ -26,7 +26,7 @@ from api.schemas import ErrorInfo, ErrorResponse
 from api.timeouts import ReadRequestTimeout
 from api.uploads import RequestSizeLimit
 from pikfix import __version__
-from pikfix.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 from workers.runtime import WorkerRuntime, set_runtime
 
 log = logging.getLogger(__name__)

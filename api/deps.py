@@ -24,8 +24,8 @@ from api.errors import ApiError, not_found, unauthorized
 from api.metrics import ApiMetrics
 from db import repository as repo
 from db.session import session_scope
-from pikfix.settings import Settings
-from pikfix.storage import ObjectStore
+from service.settings import Settings
+from storage import ObjectStore
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from starlette.routing import Match
 from db.models import InvalidCursor, InvalidOptions, InvalidTransition, NotFound
 from pikfix.errors import ERROR_CODES as INPUT_ERROR_CODES
 from pikfix.errors import PikFixInputError
-from pikfix.storage import InvalidKey, StorageUnavailable
+from storage import InvalidKey, StorageUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from api.errors import ApiError, error_body, status_of
 from api.schemas import Rejected, text_problem
 from pikfix.errors import PikFixInputError
 from pikfix.imageio import missing_end_marker, open_image, sniff_image_format
-from pikfix.storage import ObjectStore, original_key, reference_key, safe_filename
+from storage import ObjectStore, original_key, reference_key, safe_filename
 from workers.archive import IMAGE_EXTENSIONS
 
 MiB = 1024 * 1024

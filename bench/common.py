@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 RESULTS_DIR = ROOT / "bench" / "results"
-CLI = [sys.executable, "-m", "pikfix.cli"]
+CLI = [sys.executable, "-m", "service.cli"]
 
 
 # --------------------------------------------------------------------------- the machine

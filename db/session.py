@@ -44,7 +44,7 @@ class NestedTransactionError(RuntimeError):
 
 def default_url() -> str:
     """The configured database URL (``PIKFIX_DATABASE_URL`` or the embedded SQLite file)."""
-    from pikfix.settings import get_settings
+    from service.settings import get_settings
 
     return get_settings().resolved_database_url
 

@@ -57,6 +57,7 @@ _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff16", "tiff": "tiff16", "tiff16": "
 _CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff16": "image/tiff"}
 _EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "tiff16": ".tif"}
 
+MAX_PIXELS = 250_000_000  # decompression-bomb guard when a caller names no limit of its own
 XMP_NAMESPACE = "http://ns.pikfix.org/provenance/1.0/"
 _XMP_PREFIX = "pikfix"
 _JPEG_XMP_LIMIT = 65_000  # one APP1 segment holds 65,502 bytes after its header
@@ -190,7 +191,7 @@ def decode_image(data: bytes | bytearray | memoryview | str | Path, max_pixels: 
     """Decode an uploaded photo (bytes or a path) into sRGB float32 with its metadata.
 
     Raises ``PikFixInputError`` for every kind of bad input; nothing raw from Pillow escapes.
-    ``max_pixels`` defaults to the configured decompression-bomb limit.
+    ``max_pixels`` defaults to ``MAX_PIXELS``, the decompression-bomb limit.
     """
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
@@ -232,10 +233,7 @@ def decode_pil_image(image: Image.Image, max_pixels: int | None = None) -> Decod
 
 
 def _resolve_pixel_limit(max_pixels: int | None) -> int:
-    if max_pixels is None:
-        from pikfix.settings import get_settings
-
-        max_pixels = get_settings().max_image_pixels
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
     if max_pixels <= 0:
         raise ValueError("max_pixels must be positive")
     # Pillow's own guard (process-wide) refuses anything over twice its limit; our check, made from the

@@ -1,29 +1,33 @@
 """Read and write whole files named by a local path or an ``s3://bucket/key`` URI.
 
 Checkpoints and backbone weights are user-supplied files that may live in object storage; this
-is the one place that knows how to fetch them. S3 access goes through boto3 with the endpoint and
-credentials from the settings (so MinIO works the same as AWS).
+is the one place that knows how to fetch them. S3 access goes through boto3 with the client options
+given to :func:`configure_s3` (the service passes its endpoint and credentials, so MinIO works the same
+as AWS); unset, boto3's own environment variables and config files apply.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
+
+_S3_OPTIONS: dict[str, Any] = {}
+
+
+def configure_s3(**client_options: Any) -> None:
+    """Set the ``boto3.client`` options (endpoint_url, region_name, credentials) for s3:// URIs.
+
+    The library reads no configuration of its own: whoever runs it says where its objects live.
+    """
+    _S3_OPTIONS.clear()
+    _S3_OPTIONS.update(client_options)
 
 
 def _s3_client():
     import boto3
 
-    from pikfix.settings import get_settings
-
-    s = get_settings()
-    return boto3.client(
-        "s3",
-        endpoint_url=s.s3_endpoint_url,
-        region_name=s.s3_region,
-        aws_access_key_id=s.s3_access_key_id,
-        aws_secret_access_key=s.s3_secret_access_key,
-    )
+    return boto3.client("s3", **_S3_OPTIONS)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from pikfix.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 
 QUEUE_RESTORE = "restore"
 QUEUE_INGEST = "ingest"

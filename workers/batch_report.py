@@ -7,7 +7,7 @@ from typing import Any
 
 from db import repository as repo
 from db.session import session_scope
-from pikfix.storage import ObjectNotFound, report_key
+from storage import ObjectNotFound, report_key
 from workers.report import build_report, render_html, report_json
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from types import SimpleNamespace
 
-from pikfix.settings import get_settings
+from service.settings import get_settings
 
 BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 FLOWER_DB_FILE = "flower.db"

@@ -19,8 +19,8 @@ from tqdm import tqdm
 from db import repository as repo
 from db.migrate import upgrade
 from db.session import session_scope
-from pikfix.settings import Settings
-from pikfix.storage import put_content_addressed
+from service.settings import Settings
+from storage import put_content_addressed
 from workers.archive import IMAGE_EXTENSIONS
 from workers.runtime import WorkerRuntime, set_runtime
 

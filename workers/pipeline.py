@@ -24,7 +24,7 @@ from db.session import session_scope
 from pikfix import imageio
 from pikfix.errors import PikFixInputError
 from pikfix.metrics import no_reference_metrics
-from pikfix.storage import ObjectNotFound, StorageUnavailable, result_key
+from storage import ObjectNotFound, StorageUnavailable, result_key
 from workers.references import ChosenReference, choose_reference
 from workers.runtime import WorkerRuntime
 

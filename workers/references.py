@@ -25,7 +25,7 @@ from db.session import session_scope
 from pikfix import imageio
 from pikfix.errors import PikFixInputError
 from pikfix.retrieval import Candidate, ReferenceIndex, check_reference_colour
-from pikfix.storage import ObjectNotFound
+from storage import ObjectNotFound
 
 log = logging.getLogger(__name__)
 

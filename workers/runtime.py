@@ -15,8 +15,9 @@ import socket
 import threading
 from functools import cached_property
 
-from pikfix.settings import Settings, get_settings
-from pikfix.storage import ObjectStore, open_store
+from pikfix.uri import configure_s3
+from service.settings import Settings, get_settings
+from storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 class WorkerRuntime:
     def __init__(self, settings: Settings | None = None, hostname: str | None = None) -> None:
         self.settings = settings or get_settings()
+        configure_s3(**self.settings.s3_client_options)  # checkpoints and weights may be s3:// URIs
         self.hostname = hostname or socket.gethostname()
         self._lock = threading.Lock()
 
@@ -47,8 +49,8 @@ class WorkerRuntime:
 
         with self._lock:
             restorer = Restorer.from_checkpoint(
-                self.settings.checkpoint, device=self.settings.device, working_size=self.settings.working_size
-            )
+                self.settings.checkpoint, device=self.settings.device, working_size=self.settings.working_size,
+                max_pixels=self.settings.max_image_pixels)
         log.info("model %s (%s) loaded on %s", restorer.model_name, restorer.checkpoint_sha256[:12], restorer.device)
         return restorer
 

@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from db import repository as repo
 from db.models import TOO_MANY_ATTEMPTS
 from db.session import session_scope
-from pikfix.storage import ObjectNotFound, StorageError, put_content_addressed
+from storage import ObjectNotFound, StorageError, put_content_addressed
 from workers.app import app
 from workers.archive import ArchiveError, Member, iter_images
 from workers.dispatch import dispatch_tenant
@@ -202,7 +202,7 @@ def _notes_key(hostname: str) -> str:
 
 def _notes_client():
     """A Redis client on the broker for this process, or ``None`` when the broker is not Redis."""
-    from pikfix.settings import get_settings
+    from service.settings import get_settings
 
     url = get_settings().broker_url or ""
     if not url.startswith(("redis://", "rediss://")):

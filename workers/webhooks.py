@@ -4,7 +4,7 @@ The body is JSON; ``X-Pikfix-Signature: sha256=<hex>`` is the HMAC-SHA256 of the
 the service's webhook secret. Delivery is best effort with a short timeout and a few attempts: the batch
 status stays pollable either way.
 
-Only public addresses are reached unless ``webhook_allow_private`` is set (``pikfix.netpolicy``): the
+Only public addresses are reached unless ``webhook_allow_private`` is set (``service.netpolicy``): the
 host is resolved and vetted before every attempt, the connection goes to the vetted address (TLS still
 verifies the certificate against the URL's host name), and redirects are not followed.
 """
@@ -22,7 +22,7 @@ import time
 
 from db import repository as repo
 from db.session import session_scope
-from pikfix.netpolicy import Target, WebhookResolutionError, WebhookTargetError, resolve_target
+from service.netpolicy import Target, WebhookResolutionError, WebhookTargetError, resolve_target
 
 log = logging.getLogger(__name__)
 

@@ -66,8 +66,8 @@ from api.uploads import (
 from db import repository as repo
 from db.api_queries import get_jobs, list_batches_page, status_counts_for_batches
 from db.models import Batch, InvalidTransition, NotFound
-from pikfix.netpolicy import WebhookTargetError, check_url_syntax
-from pikfix.storage import ObjectNotFound, safe_filename, upload_key
+from service.netpolicy import WebhookTargetError, check_url_syntax
+from storage import ObjectNotFound, safe_filename, upload_key
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from api.deps import ApiContext, get_context
 from api.errors import status_of
 from api.schemas import Check, ErrorInfo, Health, Readiness
 from db.api_queries import ping as db_ping
-from pikfix.storage import StorageError
+from storage import StorageError
 
 log = logging.getLogger(__name__)
 

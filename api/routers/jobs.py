@@ -29,7 +29,7 @@ from db.jobs import JobStillRunning
 from db.models import InvalidTransition, NotFound
 from pikfix.errors import PikFixInputError
 from pikfix.imageio import content_type_for, extension_for
-from pikfix.storage import ObjectNotFound
+from storage import ObjectNotFound
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

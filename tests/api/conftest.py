@@ -18,7 +18,7 @@ from db import repository as repo
 from db.migrate import upgrade
 from db.session import dispose_engine, session_scope
 from pikfix.config import PikFixConfig
-from pikfix.settings import Settings
+from service.settings import Settings
 
 TINY_CONFIG = PikFixConfig.tiny()  # test_api_integration.py builds its own checkpoint from it
 

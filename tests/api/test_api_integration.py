@@ -29,7 +29,7 @@ from pikfix.model import PikFix
 
 pytestmark = pytest.mark.integration
 
-CLI = [sys.executable, "-m", "pikfix.cli"]
+CLI = [sys.executable, "-m", "service.cli"]
 FLOW_TIMEOUT_S = 240.0
 
 

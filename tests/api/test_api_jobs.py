@@ -11,7 +11,7 @@ from PIL import Image
 
 from db import repository as repo
 from db.session import session_scope
-from pikfix.storage import original_key
+from storage import original_key
 
 
 def post_job(api, data: bytes, name: str = "scan.png", headers=None, **fields):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from db import repository as repo
 from db.session import session_scope
-from pikfix.storage import put_content_addressed
+from storage import put_content_addressed
 
 
 def error_of(response) -> tuple[int, str]:

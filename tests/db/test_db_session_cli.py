@@ -18,7 +18,7 @@ from db import cli, migrate
 from db.session import NestedTransactionError, dispose_engine, get_engine, session_scope
 from db.tenants import authenticate, create_tenant, list_api_keys, list_tenants
 
-CLI = [sys.executable, "-m", "pikfix.cli"]
+CLI = [sys.executable, "-m", "service.cli"]
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pikfix.cli import build_parser
-from pikfix.settings import Settings
+from service.cli import build_parser
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -293,7 +293,7 @@ def test_pikfix_variables_are_real_settings(services: dict[str, dict[str, Any]])
         if is_pikfix_service(svc):
             names |= {k for k in environment(svc) if k.startswith("PIKFIX_")}
     unknown = {n for n in names if n.removeprefix("PIKFIX_").lower() not in fields}
-    assert not unknown, f"not fields of pikfix.settings.Settings: {sorted(unknown)}"
+    assert not unknown, f"not fields of service.settings.Settings: {sorted(unknown)}"
 
 
 def test_services_share_one_broker_and_database(services: dict[str, dict[str, Any]]) -> None:

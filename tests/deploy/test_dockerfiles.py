@@ -20,7 +20,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from pikfix.cli import build_parser
+from service.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "infra" / "docker"
@@ -305,6 +305,6 @@ def test_dockerignore_keeps_dev_files_and_secrets_out_but_the_package_in() -> No
     for path in (".venv/bin/python", "tests/deploy/test_k8s.py", ".git/HEAD", ".env", "checkpoints/x.pt",
                  "pikfix/__pycache__/cli.cpython-311.pyc", ".pytest_cache/v"):  # fmt: skip
         assert _excluded(path, patterns), f"{path} would be sent to the build"
-    for path in ("pyproject.toml", "README.md", "pikfix/cli.py", "pikfix/weights/lite.pt", "workers/app.py",
-                 "api/app.py", "db/alembic.ini", "db/migrations/env.py"):  # fmt: skip
+    for path in ("pyproject.toml", "README.md", "service/cli.py", "storage/s3.py", "pikfix/weights/lite.pt",
+                 "workers/app.py", "api/app.py", "db/alembic.ini", "db/migrations/env.py"):  # fmt: skip
         assert not _excluded(path, patterns), f"{path} is needed by `pip install .` but excluded"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pikfix.cli import build_parser
+from service.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = (REPO / "README.md", REPO / "docs" / "operations.md")

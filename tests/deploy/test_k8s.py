@@ -16,8 +16,8 @@ import jsonschema
 import pytest
 import yaml
 
-from pikfix.cli import build_parser
-from pikfix.settings import Settings
+from service.cli import build_parser
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "infra" / "k8s"
@@ -456,7 +456,7 @@ def test_pikfix_variables_are_real_settings() -> None:
     commented = re.findall(r"#\s*(PIKFIX_[A-Z0-9_]+):", (K8S / "configmap.yaml").read_text())
     names |= set(commented)
     unknown = {n for n in names if n.removeprefix("PIKFIX_").lower() not in fields}
-    assert not unknown, f"not fields of pikfix.settings.Settings: {sorted(unknown)}"
+    assert not unknown, f"not fields of service.settings.Settings: {sorted(unknown)}"
 
 
 def test_pods_run_unprivileged() -> None:

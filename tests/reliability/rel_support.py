@@ -62,7 +62,7 @@ from db import repository as repo  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.models import Job, JobEvent, JobReference, QualityMetric  # noqa: E402
 from db.session import dispose_engine, session_scope  # noqa: E402
-from pikfix.storage import put_content_addressed  # noqa: E402
+from storage import put_content_addressed  # noqa: E402
 
 QUEUES = "restore,ingest,maintenance"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -97,7 +97,7 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("pikfix")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from pikfix.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
 
 
 def small_photos(count: int, side: int = 48, distinct: int = 8, prefix: str = "scan") -> list[tuple[str, bytes]]:

@@ -1,4 +1,4 @@
-"""The fault proxy itself, and the object store behind it: ``pikfix.storage.S3Store`` talking to moto's
+"""The fault proxy itself, and the object store behind it: ``storage.S3Store`` talking to moto's
 real S3 server through :class:`FaultProxy`.
 
 These run in-process and in seconds, with the store's timeouts set short, which the worker settings do
@@ -17,7 +17,7 @@ import pytest
 from fault_proxy import Fault, FaultProxy
 from rel_support import photo_bytes, record_figures
 
-from pikfix.storage import ObjectNotFound, StorageUnavailable
+from storage import ObjectNotFound, StorageUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -33,7 +33,7 @@ def proxy(moto_server):
 
 def _store(s3_bucket, proxy: FaultProxy, **options):
     """An S3Store on the test bucket whose every request goes through the proxy."""
-    from pikfix.storage import S3Store
+    from storage import S3Store
 
     opts = {"connect_timeout": 1.0, "read_timeout": 1.0, "max_attempts": 3, **options}
     return S3Store(

@@ -18,7 +18,7 @@ from rel_support import child_pids, wait_for
 from db import repository as repo
 from db.session import session_scope
 from pikfix.retrieval import DescriptorExtractor
-from pikfix.storage import put_content_addressed
+from storage import put_content_addressed
 from workers.references import encode_descriptor
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]

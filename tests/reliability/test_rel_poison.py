@@ -36,7 +36,7 @@ from rel_support import (
 
 from db import repository as repo
 from db.session import session_scope
-from pikfix.storage import report_key, upload_key
+from storage import report_key, upload_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 

@@ -39,11 +39,11 @@ from rel_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 MAX_ATTEMPTS = 3
-BOTO_ATTEMPTS = 3  # pikfix.storage.S3Store's default max_attempts
+BOTO_ATTEMPTS = 3  # storage.S3Store's default max_attempts
 TIMEOUT_S = 180.0
 
 
-# Short S3 timeouts (pikfix.settings), so a silent endpoint costs seconds, not minutes.
+# Short S3 timeouts (service.settings), so a silent endpoint costs seconds, not minutes.
 S3_TIMEOUTS = {"PIKFIX_S3_CONNECT_TIMEOUT_S": "2", "PIKFIX_S3_READ_TIMEOUT_S": "3"}
 STALL_BUDGET_S = 15.0
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from pikfix.settings import Settings
-from pikfix.storage import (
+from service.settings import Settings
+from storage import (
     InvalidKey,
     LocalStore,
     ObjectNotFound,

@@ -16,10 +16,10 @@ import pytest
 from fixtures.moto_service import AWS_REGION, AWS_TEST_ENV, S3Bucket
 from fixtures.processes import free_port, port_open, wait_until
 
-from pikfix.settings import Settings
-from pikfix.storage import BucketMissing, S3Store, StorageError, open_store
+from service.settings import Settings
+from storage import BucketMissing, S3Store, StorageError, open_store
 
-CLI = [sys.executable, "-m", "pikfix.cli"]
+CLI = [sys.executable, "-m", "service.cli"]
 
 
 def _store(bucket: str, endpoint: str, **options) -> S3Store:

@@ -12,7 +12,7 @@ from pikfix import checkpoint as ckpt
 from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pikfix.config import PikFixConfig
 from pikfix.model import PikFix
-from pikfix.settings import get_settings
+from pikfix.uri import configure_s3
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,7 @@ def test_s3_round_trip(monkeypatch, model, s3_bucket) -> None:
     endpoint, bucket = s3_bucket
     for name, value in s3_bucket.env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("PIKFIX_S3_ENDPOINT_URL", endpoint)
-    get_settings.cache_clear()
+    configure_s3(endpoint_url=endpoint)
     try:
         uri = f"s3://{bucket}/pikfix/lite.pt"
         digest = save_checkpoint(uri, model, half=True)
@@ -126,4 +125,4 @@ def test_s3_round_trip(monkeypatch, model, s3_bucket) -> None:
         with pytest.raises(CheckpointError, match="cannot read"):
             load_checkpoint(f"s3://{bucket}/pikfix/absent.pt")
     finally:
-        get_settings.cache_clear()
+        configure_s3()

@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from pikfix.checkpoint import load_checkpoint, save_checkpoint
-from pikfix.cli import main
 from pikfix.color import rgb_to_lab_np
 from pikfix.colortransfer import lab_statistics, reinhard_colorize, reinhard_transfer, transfer_lab
 from pikfix.config import PikFixConfig
 from pikfix.evaluate import METHODS, _scores, photo_seed
 from pikfix.metrics import ciede2000
 from pikfix.model import PikFix
+from service.cli import main
 
 
 def scene(seed: int, tint: tuple[float, float, float], size: tuple[int, int] = (72, 96)) -> np.ndarray:

@@ -18,11 +18,11 @@ from PIL import Image
 
 from db.models import Job
 from db.session import dispose_engine, session_scope
-from pikfix.cli import main
 from pikfix.color import rgb_to_lab_np
 from pikfix.inference import RestoreResult, luminance_of, working_shape
 from pikfix.null_model import NULL_CHECKPOINT_SHA256, NullRestorer, grey_rgb, is_null_checkpoint, luminance
-from pikfix.settings import Settings
+from service.cli import main
+from service.settings import Settings
 from workers.runtime import WorkerRuntime, set_runtime
 
 

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from pikfix.checkpoint import load_checkpoint
-from pikfix.cli import parse_args
 from pikfix.inference import Restorer
 from pikfix.nets.tone import GlobalTone, apply_curve
 from pikfix.tonefit import Pairs, fit, fit_tone
+from service.cli import parse_args
 
 
 def scene(seed: int, size: tuple[int, int] = (48, 64)) -> torch.Tensor:

@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pikfix.cli import main, parse_args
 from pikfix.color import rgb_to_model_space
 from pikfix.combine import combine_checkpoints
 from pikfix.config import PikFixConfig
@@ -24,6 +23,7 @@ from pikfix.datasets import PhotoDataset, batch_iterator, split_photos
 from pikfix.losses import LossWeights
 from pikfix.model import PikFix
 from pikfix.train import TrainConfig, Trainer, TrainError, train
+from service.cli import main, parse_args
 
 TINY = PikFixConfig.tiny()
 OTHER = dataclasses.replace(TINY, rdn_blocks=2)  # another architecture: --init and combine refuse it

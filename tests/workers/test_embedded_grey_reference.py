@@ -12,7 +12,7 @@ from helpers import WORKING_SIZE, TinyCheckpoint, photo_bytes, tiny_checkpoint
 
 from db import repository as repo
 from db.session import dispose_engine, session_scope
-from pikfix.cli import main
+from service.cli import main
 from workers.runtime import set_runtime
 
 

@@ -28,8 +28,8 @@ from PIL import Image
 
 from db import repository as repo
 from db.session import dispose_engine, session_scope
-from pikfix.cli import main
 from pikfix.retrieval import ScoringConfig
+from service.cli import main
 from workers.runtime import set_runtime
 
 PHOTOS = sorted(SAMPLES.glob("*.jpg"))
@@ -255,7 +255,7 @@ def test_embedded_run_ignores_a_broker_in_the_environment(
     cmd = [
         sys.executable,
         "-c",
-        "import sys; from pikfix.cli import main; sys.exit(main())",
+        "import sys; from service.cli import main; sys.exit(main())",
         "restore",
         str(photos),
     ]

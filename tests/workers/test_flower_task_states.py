@@ -34,11 +34,11 @@ from db import repository as repo
 from db.migrate import upgrade
 from db.models import Job
 from db.session import dispose_engine, session_scope
-from pikfix.storage import put_content_addressed
+from storage import put_content_addressed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-CLI_ARGS = ["-c", "import sys; from pikfix.cli import main; sys.exit(main())"]
+CLI_ARGS = ["-c", "import sys; from service.cli import main; sys.exit(main())"]
 AUTH = ("ops", "s3cret")
 TIMEOUT_S = 180.0
 

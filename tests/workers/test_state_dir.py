@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fixtures.processes import free_port, port_open, wait_until
 
-CLI = [sys.executable, "-c", "import sys; from pikfix.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

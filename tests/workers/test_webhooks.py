@@ -21,9 +21,9 @@ from helpers import photo_bytes
 from db import repository as repo
 from db.migrate import upgrade
 from db.session import dispose_engine, session_scope
-from pikfix.netpolicy import Target
-from pikfix.settings import Settings
-from pikfix.storage import result_key
+from service.netpolicy import Target
+from service.settings import Settings
+from storage import result_key
 from workers.runtime import WorkerRuntime, set_runtime
 from workers.webhooks import SIGNATURE_HEADER, call_batch_webhook, post
 

@@ -2,7 +2,7 @@
 redis-server as broker, a fresh PostgreSQL database and a moto S3 bucket.
 
 The test process plays the API: it writes rows with the ``db`` functions, originals with
-``pikfix.storage`` and sends tasks *by name* through its own small Celery client, so it never depends
+``storage`` and sends tasks *by name* through its own small Celery client, so it never depends
 on how ``workers.app`` was configured when this process imported it.
 
 One worker serves the whole module (starting one costs seconds on a shared CPU); the tests that kill it
@@ -58,7 +58,7 @@ from db import repository as repo
 from db.migrate import upgrade
 from db.models import Job
 from db.session import dispose_engine, session_scope
-from pikfix.storage import put_content_addressed, report_key, result_key, upload_key
+from storage import put_content_addressed, report_key, result_key, upload_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -104,7 +104,7 @@ class Cluster:
         base = (
             [str(script)]
             if script.is_file()
-            else [sys.executable, "-c", "import sys; from pikfix.cli import main; sys.exit(main())"]
+            else [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
         )
         cmd = base + ["worker", "--queues", QUEUES, "--concurrency", "1", "--hostname", self.worker_name]
         ready_line = f"{self.worker_name} ready."

@@ -2,8 +2,8 @@
 
 Model commands (train, combine, eval, fit-tone) take their options from their own module; service commands
 (restore, db, tenants, jobs, batches, keys, api, worker, beat, flower) run code from ``workers``, ``db`` and
-``api``. Those modules are imported only when their command is used, so ``pikfix --help`` and importing the
-library never pull in torch, Celery or the database.
+``api``. Those modules are imported only when their command is used, so ``pikfix --help`` never pulls in
+torch, Celery or the database. It lives in the service, not in the model library, because it names them all.
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ def _lazy(target: str) -> Callable[..., Any]:
                             format="%(levelname)s %(name)s: %(message)s")
         # Alembic announces each of its plugins at INFO when imported, before any command could quiet it.
         logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+        if target.startswith("pikfix."):  # model commands: s3:// URIs with the service's endpoint and keys
+            from pikfix.uri import configure_s3
+            from service.settings import get_settings
+
+            configure_s3(**get_settings().s3_client_options)
         return _load(target)(SimpleNamespace(**params))
 
     run.target = target  # type: ignore[attr-defined]

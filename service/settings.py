@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pikfix.imageio import MAX_PIXELS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIKFIX_", env_ignore_empty=True, extra="ignore")
@@ -43,7 +45,7 @@ class Settings(BaseSettings):
     retrieval_weights: str | None = Field(None, description="ImageNet VGG19 state_dict for reference retrieval")
     preload_model: bool = Field(True, description="Workers load the model at process start, not on first job")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    max_image_pixels: int = Field(250_000_000, description="Decompression-bomb guard for decoded photos")
+    max_image_pixels: int = Field(MAX_PIXELS, description="Decompression-bomb guard for decoded photos")
     working_size: int = Field(256, description="Colourization working resolution (short side, pixels)")
     retrieval_top_k: int = 5
 
@@ -88,6 +90,13 @@ class Settings(BaseSettings):
     def resolved_state_dir(self) -> Path:
         """Where processes keep their own small state files, never the current folder."""
         return (self.state_dir or self.data_dir / "state").resolve()
+
+    @property
+    def s3_client_options(self) -> dict[str, str | None]:
+        """The endpoint and credentials as ``boto3.client`` takes them, for the model library's s3:// URIs."""
+        return {"endpoint_url": self.s3_endpoint_url, "region_name": self.s3_region,
+                "aws_access_key_id": self.s3_access_key_id,
+                "aws_secret_access_key": self.s3_secret_access_key}
 
     @property
     def eager(self) -> bool:

@@ -6,7 +6,7 @@ import sys
 import click
 import pytest
 
-from pikfix.cli import cli, main, parse_args
+from service.cli import cli, main, parse_args
 
 
 def _every_command(group: click.Group = cli, path: tuple[str, ...] = ()):
@@ -91,7 +91,8 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 
 
 def test_help_imports_neither_torch_nor_the_services() -> None:
-    code = ("import sys\nfrom pikfix.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted({'torch', 'celery', 'sqlalchemy', 'db', 'workers', 'api'} & set(sys.modules)))")
+    code = ("import sys\nfrom service.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted({'torch', 'celery', 'sqlalchemy', 'db', 'workers', 'api', 'storage', 'service.settings'}"
+            " & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.splitlines()[-1] == "[]"

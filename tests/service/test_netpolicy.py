@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from pikfix.netpolicy import (
+from service.netpolicy import (
     WebhookResolutionError,
     WebhookTargetError,
     check_url_syntax,
@@ -81,10 +81,10 @@ def test_resolution_vets_every_address_and_keeps_the_path(monkeypatch: pytest.Mo
     with pytest.raises(WebhookResolutionError, match="cannot resolve"):
         resolve_target("http://no-such-host.invalid/hook")
     # A name that answers a public and an internal address (DNS rebinding bait) is refused outright.
-    monkeypatch.setattr("pikfix.netpolicy.socket.getaddrinfo", lambda *a, **k: _answers("93.184.215.14", "10.1.2.3"))
+    monkeypatch.setattr("service.netpolicy.socket.getaddrinfo", lambda *a, **k: _answers("93.184.215.14", "10.1.2.3"))
     with pytest.raises(WebhookTargetError, match="non-public 10.1.2.3"):
         resolve_target("https://hooks.bureau.example/pikfix")
-    monkeypatch.setattr("pikfix.netpolicy.socket.getaddrinfo",
+    monkeypatch.setattr("service.netpolicy.socket.getaddrinfo",
                         lambda *a, **k: _answers("2606:4700::1111", "93.184.215.14", "2606:4700::1111"))
     target = resolve_target("https://hooks.bureau.example/pikfix")
     assert (target.host, target.port) == ("hooks.bureau.example", 443)
