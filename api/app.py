@@ -20,7 +20,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from api.deps import ApiContext
 from api.errors import install_error_handlers, not_found
-from api.metrics import RequestMetricsMiddleware
+from api.prometheus import RequestMetricsMiddleware
 from api.routers import batches, health, jobs, metrics, references
 from api.schemas import ErrorInfo, ErrorResponse
 from api.timeouts import ReadRequestTimeout

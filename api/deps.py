@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, not_found, unauthorized
-from api.metrics import ApiMetrics
+from api.prometheus import ApiMetrics
 from db import repository as repo
 from db.session import session_scope
 from service.settings import Settings

@@ -25,7 +25,6 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db import repository as repo
-from db.api_queries import job_duration_histogram
 from db.session import session_scope
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ class _DatabaseCollector(Collector):
         try:
             with session_scope(self.database_url, readonly=True) as s:
                 counts = repo.jobs_by_status(s)
-                buckets, count, total = job_duration_histogram(s, JOB_DURATION_BUCKETS)
+                buckets, count, total = repo.job_duration_histogram(s, JOB_DURATION_BUCKETS)
         except Exception as exc:  # a scrape must answer even when the database does not
             log.warning("metrics: database figures unavailable: %s", exc)
             yield _scrape_error("database")

@@ -40,6 +40,7 @@ from db.models import (
     Job,
     JobEvent,
     JobReference,
+    JobStillRunning,
     NotFound,
     QualityMetric,
     Reference,
@@ -522,10 +523,6 @@ def retry_job(s: Session, tenant_id: str, job_id: str) -> Job:
     job = s.get(Job, job_id, populate_existing=True)
     assert job is not None
     return job
-
-
-class JobStillRunning(InvalidTransition):
-    """The job's worker is alive (recent heartbeat): resending it would only run it twice."""
 
 
 def _release(s: Session, job_id: str, from_status: str, extra: Sequence[Any], detail: str) -> bool:

@@ -81,6 +81,10 @@ class InvalidTransition(DatabaseError):
     """The requested state change is not allowed from the row's current status."""
 
 
+class JobStillRunning(InvalidTransition):
+    """The job's worker is alive (recent heartbeat): resending it would only run it twice."""
+
+
 class InvalidOptions(DatabaseError, ValueError):
     """Batch or job options outside the allowed values."""
 

@@ -1,7 +1,10 @@
-"""Queries only the HTTP API needs: paging a tenant's batches, per-batch counts in one pass, reference
-names for a job's candidates, figures for ``/metrics`` and the readiness probe.
+"""Read-only queries for listings and figures: a page of a tenant's batches, per-batch counts in one
+pass, jobs and references fetched by a list of ids, reference names for a job's candidates, the job
+duration histogram for ``/metrics`` and the readiness ping.
 
-Like every module in ``db``, each function takes a ``Session`` and leaves the transaction to the caller.
+Nothing here changes a row, which is why it sits apart from the per-resource modules that own the
+state machines. Each function takes a ``Session`` and leaves the transaction to the caller; callers
+reach them through ``db.repository``.
 """
 
 from __future__ import annotations

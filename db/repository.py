@@ -1,9 +1,10 @@
-"""Every query the service runs, importable from one place.
+"""Every query the service runs, importable from one place: ``from db import repository as repo``.
 
 The functions live in one module per resource (``db.tenants``, ``db.batches``, ``db.jobs``,
-``db.references``); this module gathers them so callers can write ``from db.repository import …``
-(or simply ``from db import …``). Each takes a ``Session``; the caller owns the transaction
-(``with session_scope() as s: …``) and commits by leaving the block.
+``db.references``, ``db.archives``), plus ``db.workflow`` (steps spanning them) and ``db.reads``
+(listings and figures); this module gathers them so ``api/`` and ``workers/`` have a single way in.
+Each takes a ``Session``; the caller owns the transaction (``with session_scope() as s: …``) and
+commits by leaving the block.
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ from db.jobs import (
     resend_stuck_batch_jobs,
     retry_job,
     touch_heartbeat,
+)
+from db.reads import (
+    get_jobs,
+    get_references,
+    job_duration_histogram,
+    list_batches_page,
+    ping,
+    reference_names,
+    status_counts_for_batches,
 )
 from db.references import (
     add_reference,
@@ -141,12 +151,15 @@ __all__ = [
     "get_batch_any_tenant",
     "get_job",
     "get_job_any_tenant",
+    "get_jobs",
     "get_reference",
     "get_reference_any_tenant",
+    "get_references",
     "get_tenant",
     "get_tenant_by_name_or_id",
     "hash_key",
     "indexed_descriptors",
+    "job_duration_histogram",
     "job_events",
     "job_metrics",
     "job_reference_rows",
@@ -155,17 +168,21 @@ __all__ = [
     "list_api_keys",
     "list_batch_jobs",
     "list_batches",
+    "list_batches_page",
     "list_references",
     "list_tenants",
     "mark_reference_failed",
     "mark_reference_indexed",
     "mark_sent",
     "normalize_options",
+    "ping",
     "record_events",
+    "reference_names",
     "resend_job",
     "resend_stuck_batch_jobs",
     "retry_job",
     "revoke_api_key",
     "set_batch_report",
+    "status_counts_for_batches",
     "submit_batch",
 ]

@@ -2,16 +2,10 @@
 
 One engine per URL per process, created lazily. Celery's prefork workers must call
 :func:`dispose_engines` in ``worker_process_init`` so a child never reuses its parent's sockets.
-
-SQLite notes. WAL lets readers run beside the single writer; ``foreign_keys`` is off by default in
-SQLite and must be switched on per connection; the 30 s busy timeout makes writers queue instead of
-failing. Transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
-writes cannot wait for the lock (SQLite answers "database is locked" at once when another writer
-committed in between), which would break read-then-update sequences under concurrency. The cost is
-that a session holds the write lock from its first statement, so on SQLite keep transactions short
-and do not use a second session while one is open in the same thread: that would wait on itself,
-so it fails at once with :class:`NestedTransactionError` instead. Pure reads can use
-``session_scope(readonly=True)``, which begins a deferred transaction and blocks nobody.
+SQLite transactions start with ``BEGIN IMMEDIATE``, so read-then-update sequences hold under
+concurrency: keep them short, never open a second session in the same thread while one is open
+(:class:`NestedTransactionError`), and read with ``session_scope(readonly=True)``. Why, and the other
+SQLite settings: docs/reliability.md, "SQLite in embedded mode".
 """
 
 from __future__ import annotations

@@ -1,19 +1,8 @@
 """The one checkpoint format of Pik-Fix, written and read by path or s3:// URI.
 
-A checkpoint is a ``torch.save`` file holding only plain values, so it loads with
-``torch.load(..., weights_only=True)`` (no pickled code runs on load)::
-
-    {
-        "format": "pikfix-checkpoint",
-        "version": 1,
-        "config": PikFixConfig.to_dict(),        # rebuilds the exact architecture
-        "state_dict": {name: tensor},            # fp32, or fp16 when saved with half=True
-        "metadata": {"created_at": ISO-8601 UTC, "training_steps": int | None,
-                     "dataset": str | None, "notes": str | None, ...},
-    }
-
-Its identity is the sha256 of the file's bytes: ``save_checkpoint`` returns it, ``load_checkpoint``
-reports it (and checks it against ``expected_sha256`` when given); jobs record it as provenance.
+A checkpoint is a ``torch.save`` file of plain values (config, state_dict, metadata), so it loads with
+``weights_only=True`` and no pickled code runs on load. Its identity is the sha256 of its bytes, which
+jobs record as provenance. The layout is in docs/model.md, "Notes on the code".
 """
 
 from __future__ import annotations

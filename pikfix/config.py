@@ -25,25 +25,25 @@ _RETIRED = frozenset({"tone_bins"})  # the tone head's histogram size (it reads 
 class PikFixConfig:
     name: str = "lite"
 
-    # Restoration: multi-level RDN (section 3.1).
+    # Restoration: multi-level RDN (paper section 3.1).
     rdn_width: int = 32
     rdn_growth: int = 16
     rdn_blocks: int = 3
     rdn_units: int = 4
     rdn_levels: tuple[int, ...] = (1, 4, 8)
 
-    # Similarity (section 3.2).
+    # Similarity (paper section 3.2).
     sim_backbone_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     sim_backbone_frozen: bool = False
     sim_width: int = 32
     sim_temperature: float = 0.005
     corr_max_positions: int = 32 * 32
 
-    # SPHist (section 3.3).
+    # SPHist (paper section 3.3).
     hist_bins: int = 32
     hist_sigma: float = 0.0625
 
-    # Colorization (section 3.3).
+    # Colorization (paper section 3.3).
     col_growth: int = 8
     col_bn_size: int = 4
     col_init_features: int = 16

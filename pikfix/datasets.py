@@ -1,25 +1,10 @@
 """Training samples for Pik-Fix: degraded grey crops, their clean Lab targets and a colour reference.
 
-A sample is a random crop of a colour photo (optionally flipped left-right) degraded into a synthetic
-old grey photo, with the crop's ground-truth luminance and chroma in model space (L/100, ab/110) and a
-colour reference chosen by the epoch's strategy (paper section 4.1, spec section 6):
-
-* ``"same"``: a crop of the same photo at another location, colour-jittered (hue +-20 degrees,
-  saturation x0.8-1.2, contrast 0.75-1.25) and affinely warped (scale 0.8-1.2, translation +-20 %,
-  rotation +-25 degrees, shear +-8 degrees), so the network learns to transfer colour from a related
-  but not aligned image;
-* ``"other"``: a crop of another photo of the set, so it also learns to cope with a loose match.
-
-The strategies alternate per epoch (even epochs "same", odd epochs "other"). Every random draw of a
-sample comes from a generator seeded with ``(seed, epoch, index)``: a sample is a pure function of
-those three numbers, which makes runs reproducible and lets a resumed run skip samples for free.
-
-The model reads its grey input as CIE L/100 of an sRGB grey image (what the inference code computes
-from a scanned grey photo), so the degraded grey is converted the same way here.
-
-Photos are decoded once and cached as float32 arrays: the training sets this is meant for (tens to a
-few thousand photos of about a megapixel) fit in memory, and decoding a JPEG per crop would cost more
-than the crop itself.
+A sample is a random crop of a colour photo degraded into a synthetic old grey photo, with the crop's
+luminance and chroma in model space (L/100, ab/110) and a reference chosen by the epoch's strategy
+(paper section 4.1): a jittered, warped crop of the same photo on even epochs, another photo on odd
+ones. Every random draw is seeded by ``(seed, epoch, index)``, so runs are reproducible and a resumed
+run skips samples for free. docs/model.md section 2 ("Data") and "Notes on the code" give the details.
 """
 
 from __future__ import annotations
@@ -51,7 +36,7 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class ReferenceJitter:
-    """Ranges of the colour jitter and affine warp of a same-photo reference (spec section 6)."""
+    """Colour jitter and affine warp ranges of a same-photo reference (docs/model.md section 2, "Data")."""
 
     hue_degrees: float = 20.0
     saturation: tuple[float, float] = (0.8, 1.2)

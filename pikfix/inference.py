@@ -1,22 +1,10 @@
 """Restore and colourize one photo at its full resolution with a loaded Pik-Fix model.
 
-The pipeline (paper section 3, arranged for scans of any size):
-
-1. the input's luminance (CIE L/100) is restored by the restoration sub-net in overlapping tiles at
-   FULL resolution (``pikfix.tiling``), and once more at the damage scale (short side ``damage_side``,
-   the scale at which training draws scratches and dust): the result keeps the full-resolution pass's
-   fine detail and takes its coarse structure from the damage-scale pass, so a scratch 4x wider in
-   pixels on a 4x larger scan is removed as on the small one (see docs/model.md);
-2. the restored luminance and the reference are resized to the working size (short side
-   ``working_size``, aspect kept, long side capped) where the similarity and colourization sub-nets
-   run, because their correlation cost is quadratic in pixels;
-3. the predicted chroma is up-sampled bilinearly onto the full-resolution restored luminance and
-   converted Lab -> sRGB in horizontal strips, so a 48-megapixel scan needs only a few full-size
-   float32 planes (input L, restored L, output RGB), never a float64 copy.
-
-Without a reference there is no colour to transfer: the result is the restored photo in grey
-(chroma zero), ``reference_used=False``. The colourization net is not asked to invent colours from a
-neutral reference, which would only add tints it cannot justify.
+The restoration runs in overlapping tiles at full resolution and again at the damage scale; the
+similarity and colourization sub-nets run at a small working size, because their cost is quadratic in
+pixels; the chroma is then up-sampled onto the full-resolution luminance in strips, so memory stays
+bounded on any scan. Without a reference the result is the restored photo in grey. The pipeline and
+its reasons are in docs/model.md, "Notes on the code".
 """
 
 from __future__ import annotations

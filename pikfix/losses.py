@@ -1,18 +1,9 @@
 """The five Pik-Fix training losses (paper section 3.4) and the PatchGAN discriminator.
 
 Total generator loss L = a*L1(L) + b*perceptual(L) + l*EMD(hist) + g*L1(ab) + e*adversarial(ab), with the
-paper's weights a = 1.0, b = 0.2, l = 0.5, g = 1.0, e = 0.2:
-
-* L1 luminance: restored L/100 against the ground truth.
-* Perceptual: sum over VGG19 stages of ||phi_j(restored) - phi_j(target)||^2 / (C_j H_j W_j) (the paper's
-  form). Without user-supplied ImageNet weights the VGG19 keeps a fixed-seed random initialisation;
-  random conv features still compare local structure at several scales, but they are not the
-  semantic features the paper relies on, and the trainer says so in its log.
-* EMD: the squared difference of the cumulative 1-D histograms of the output's and the reference's
-  a and b channels, summed over bins (1-D earth mover's distance in its squared-CDF form).
-* L1 chroma: predicted ab/110 against the ground truth.
-* Adversarial: a conditional PatchGAN (Isola et al. 2017) judges (ground-truth L, ab) pairs, so only
-  the chroma receives its gradient; binary cross-entropy on logits, as pix2pix.
+paper's weights a = 1.0, b = 0.2, l = 0.5, g = 1.0, e = 0.2. The discriminator judges (ground-truth L, ab)
+pairs, so only the chroma receives its gradient. Each term, and why the perceptual VGG19 without
+user-supplied ImageNet weights is only a stand-in, is in docs/model.md section 2 ("Losses").
 """
 
 from __future__ import annotations

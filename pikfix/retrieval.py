@@ -1,34 +1,10 @@
 """Reference retrieval: pick colour photos whose content resembles a grey input (Pik-Fix §3.5).
 
-The paper ranks candidates with DISTS-style statistics of VGG19 feature maps, computed on the grey
-input and on grey versions of the candidates: texture similarity from per-channel means,
-structure similarity from per-channel variances and covariances. Covariance needs both maps at
-once, which would mean a VGG pass per (query, candidate) pair. Here each photo is reduced once to
-a fixed-size descriptor so a query scores a whole corpus in one vectorised pass:
-
-* Layers: the grey image itself (as DISTS does) and VGG19's relu1_2, relu2_2, relu3_4, relu4_4 and
-  relu5_4. Per layer a fixed, evenly spaced subset of ``channels_per_layer`` channels is kept; each
-  kept channel's DISTS terms are exact, and their mean estimates the layer's channel mean.
-* Per channel: mean μ, standard deviation σ (σ rather than σ² so float16 keeps its range), and the
-  centred map average-pooled to a ``grid`` x ``grid`` layout, normalised and scaled by σ. The dot
-  product of two such vectors is σx·σy·ρ, with ρ the correlation of the pooled maps: the approximation
-  is σxy ≈ σx σy ρ_pooled, which keeps s = 1 for identical images and |σxy| <= σx σy.
-* Per channel t = (2μxμy + c1)/(μx² + μy² + c1) and s = (2σxy + c2)/(σx² + σy² + c2); both are
-  averaged over channels within a layer, then over layers; total = w_t·t + w_s·s.
-
-With the defaults (6 layers, 161 channels, 2x2 grid) a descriptor has 966 values, 1.9 KB in float16,
-so 100,000 references take 193 MB and scoring them all costs about 0.2 s of CPU time, shared out
-over the cores (bench/retrieval.py measures it). A 3x3 grid nearly doubles that for a finer
-covariance estimate. The index keeps descriptors as a feature-major float16 matrix and scores it in
-cache-sized column blocks spread over a few threads.
-
-Without user-supplied ImageNet VGG19 weights the backbone keeps a fixed-seed random initialisation
-(the same in every process, so descriptors stay comparable); retrieval then matches low-level
-structure and tone rather than content, which still finds near-duplicates and similar scenes.
-
-Only colour photos can be references: the model transfers a reference's colours, so a grey or toned
-one gives nothing to transfer. :func:`check_reference_colour` measures Hasler & Süsstrunk's
-colourfulness and compares it with ``MIN_REFERENCE_COLOURFULNESS`` (see there for the threshold).
+Each photo is reduced once to a fixed-size descriptor of DISTS-style VGG19 feature statistics, so a
+query scores a whole corpus in one vectorised pass instead of one VGG pass per (query, candidate)
+pair. Only colourful photos are accepted as references (:func:`check_reference_colour`): the model
+transfers a reference's colours. The descriptor, how it approximates DISTS, and its costs are in
+docs/model.md, "Notes on the code".
 """
 
 from __future__ import annotations

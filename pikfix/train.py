@@ -1,31 +1,10 @@
 """Train Pik-Fix on a folder of colour photos (``pikfix train``), following the paper's recipe (section 4.1).
 
-Adam with lr 1e-4 and the paper's betas (0.99, 0.999) for the generator by default (``--betas`` and
-``--lr`` change them), the learning rate decayed x0.99 per epoch; the PatchGAN discriminator uses Adam
-with pix2pix's betas (0.5, 0.999), the usual choice for a GAN critic (the paper gives no discriminator
-settings). Reference strategies alternate per epoch (see ``pikfix.datasets``).
-
-``--part`` chooses what one run trains. ``all`` is the paper's joint training. ``restoration`` trains
-the restoration sub-net on its luminance losses alone; ``colorization`` trains the similarity and
-colorization sub-nets on their chroma, EMD and adversarial losses, fed the ground-truth luminance. The
-two are independent (the joint graph already stops the chroma gradients at the restored luminance), so
-on a CPU they run side by side, one core each, each at its own crop size, and ``pikfix combine`` joins
-them. A fresh run starts from grey output (``start_grey``); ``--l1-warmup`` trains the first steps on
-the L1 terms alone (the EMD and adversarial terms start after it); ``--init`` starts from a checkpoint's weights.
-
-A run folder holds everything about one run::
-
-    state.pt             latest training state (model, discriminator, optimisers, step, epoch, RNG)
-    last.pt              latest model in the pikfix checkpoint format (what eval and inference load)
-    checkpoints/step-N.pt  every --checkpoint-every steps, pikfix checkpoint format
-    losses.jsonl         one JSON line per step
-    loss_curve.png       written at the end (and at each checkpoint)
-    train_config.json    the options of the run
-
-``--resume`` continues from ``state.pt``: the same samples in the same order (samples are a function of
-(seed, epoch, index)), the same optimiser moments and learning rate, the RNG restored. ``--max-minutes``
-stops cleanly before the budget runs out and saves, so a time-boxed run always leaves a checkpoint;
-SIGTERM or Ctrl-C stop it the same way after the current step.
+``--part`` trains the whole graph (``all``, as the paper does) or one half, ``restoration`` or
+``colorization``, which ``pikfix combine`` joins, so on a CPU the halves train side by side. A run
+folder keeps the full training state, so ``--resume`` continues exactly and ``--max-minutes``, SIGTERM
+or Ctrl-C always leave a checkpoint. The recipe (optimisers, parts, warm-up) is docs/model.md section 2;
+the run folder and resume are in its "Notes on the code".
 """
 
 from __future__ import annotations

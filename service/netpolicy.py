@@ -1,16 +1,11 @@
 """Which addresses an outbound webhook may reach: public ones only, unless the operator allows more.
 
-A webhook URL is chosen by a tenant, and the service POSTs to it from inside the deployment. Without a
-check, ``http://169.254.169.254/...`` (cloud metadata), ``http://localhost:6379`` or a private database
-address would turn the service into a proxy into its own network (server-side request forgery). So:
-
-* the API refuses URLs whose host is an IP literal outside the public address space, or ``localhost``
-  (``check_url_syntax``: no DNS lookup on the request path);
-* delivery resolves the host, refuses when any address is not public (``resolve_target``), and then
-  connects to the vetted addresses itself (``workers.webhooks``), so a second DNS answer cannot swap
-  in an internal one; redirects are not followed.
-
-``PIKFIX_WEBHOOK_ALLOW_PRIVATE=true`` lifts the address check for on-premises receivers (and tests).
+A tenant chooses the webhook URL and the service POSTs to it from inside the deployment; without a
+check it would be a proxy into its own network (server-side request forgery: cloud metadata, Redis, the
+database). The API checks the URL without a DNS lookup (``check_url_syntax``); delivery resolves the
+host, refuses any address that is not public (``resolve_target``) and connects to the vetted addresses
+itself (``workers.webhooks``), so a second DNS answer cannot swap in an internal one. The rules, and
+``PIKFIX_WEBHOOK_ALLOW_PRIVATE``, are in docs/api.md, "Webhooks".
 """
 
 from __future__ import annotations

@@ -64,7 +64,6 @@ from api.uploads import (
     take_files,
 )
 from db import repository as repo
-from db.api_queries import get_jobs, list_batches_page, status_counts_for_batches
 from db.models import Batch, InvalidTransition, NotFound
 from service.netpolicy import WebhookTargetError, check_url_syntax
 from storage import ObjectNotFound, safe_filename, upload_key
@@ -150,7 +149,7 @@ def _create_jobs(ctx: ApiContext, tenant_id: str, batch_id: str, images: list[Ch
 
 def _jobs_out(ctx: ApiContext, tenant_id: str, job_ids: list[str]) -> list[JobOut]:
     with ctx.session(readonly=True) as s:
-        return [JobOut.from_row(j) for j in get_jobs(s, tenant_id, job_ids)]
+        return [JobOut.from_row(j) for j in repo.get_jobs(s, tenant_id, job_ids)]
 
 
 # --------------------------------------------------------------------------- create, read, list
@@ -187,8 +186,8 @@ def list_batches(
 ) -> BatchPage:
     """The tenant's batches, newest first, with job counts per status."""
     with ctx.session(readonly=True) as s:
-        batches, next_cursor = list_batches_page(s, principal.tenant_id, cursor, limit)
-        counts = status_counts_for_batches(s, [b.id for b in batches])
+        batches, next_cursor = repo.list_batches_page(s, principal.tenant_id, cursor, limit)
+        counts = repo.status_counts_for_batches(s, [b.id for b in batches])
         pending = repo.pending_archive_counts(s, [b.id for b in batches])
         items = [BatchOut.from_row(b, _progress_from_counts(counts[b.id]), pending.get(b.id, 0)) for b in batches]
     return BatchPage(items=items, next_cursor=next_cursor)

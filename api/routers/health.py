@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from api.deps import ApiContext, get_context
 from api.errors import status_of
 from api.schemas import Check, ErrorInfo, Health, Readiness
-from db.api_queries import ping as db_ping
+from db import repository as repo
 from storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def healthz() -> Health:
 
 def _check_database(ctx: ApiContext) -> str:
     with ctx.session(readonly=True) as s:
-        db_ping(s)
+        repo.ping(s)
     return "SELECT 1 answered"
 
 

@@ -24,9 +24,7 @@ from api.uploads import (
     take_files,
 )
 from db import repository as repo
-from db.api_queries import reference_names
-from db.jobs import JobStillRunning
-from db.models import InvalidTransition, NotFound
+from db.models import InvalidTransition, JobStillRunning, NotFound
 from pikfix.errors import PikFixInputError
 from pikfix.imageio import content_type_for, extension_for
 from storage import ObjectNotFound
@@ -148,7 +146,7 @@ def get_job(
         if job is None:
             raise not_found("job")
         rows = repo.job_reference_rows(s, job.id)
-        names = reference_names(s, principal.tenant_id, [r.reference_id for r in rows])
+        names = repo.reference_names(s, principal.tenant_id, [r.reference_id for r in rows])
         return JobDetail.from_parts(job, rows, names, repo.job_metrics(s, job.id))
 
 

@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text format (see ``api.metrics`` for what is exported and how)."""
+"""``GET /metrics``: Prometheus text format (see ``api.prometheus`` for what is exported and how)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ApiContext, get_context
-from api.metrics import CONTENT_TYPE
+from api.prometheus import CONTENT_TYPE
 
 router = APIRouter(tags=["metrics"])
 

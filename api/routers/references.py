@@ -30,7 +30,6 @@ from api.uploads import (
     take_files,
 )
 from db import repository as repo
-from db.api_queries import get_references
 from pikfix.errors import PikFixInputError
 
 router = APIRouter(prefix="/v1/references", tags=["references"])
@@ -115,7 +114,7 @@ def _add(ctx: ApiContext, tenant_id: str, files: list[StagedFile]) -> tuple[list
 
 def _refs_out(ctx: ApiContext, tenant_id: str, ids: list[str]) -> list[ReferenceOut]:
     with ctx.session(readonly=True) as s:
-        return [ReferenceOut.from_row(r) for r in get_references(s, tenant_id, ids)]
+        return [ReferenceOut.from_row(r) for r in repo.get_references(s, tenant_id, ids)]
 
 
 @router.post(

@@ -1,17 +1,9 @@
 """Global tone: a monotone curve per photo, predicted from summary statistics of its luminance.
 
-Old prints fade, yellow and lose contrast as a whole, which a local network (the RDN sees a tile at
-a time) cannot measure. ``bench/restoration_ceiling.py`` puts an oracle per-photo curve at +4.5 to
-+6.4 dB; this small head estimates one. It is our deviation from the paper (docs/model.md).
-
-The features are nine quantiles, the mean and the standard deviation of the restored luminance, and
-the head is one linear layer: a 64-bin histogram into an MLP fitted the 234 training photos well
-but not the held-out ones (+3.9 dB against -0.1 dB); these 11 numbers generalise (+0.9 dB on both).
-
-The curve has ``knots + 1`` points at evenly spaced inputs in [0, 1]. Its outputs are
-``lo + (1 - lo - hi) * cumsum(softmax(steps))``: never decreasing (no tone is inverted), with a
-lifted black point ``lo`` and lowered white point ``hi`` of at most a quarter each. The layer
-starts at zero, which is the identity curve (up to ``lo``/``hi`` of 0.25 * sigmoid(-8)).
+Old prints fade, yellow and lose contrast as a whole, which a local network (the RDN sees a tile at a
+time) cannot measure; this small head, one linear layer on 11 luminance statistics, estimates the
+curve. It is our deviation from the paper: docs/model.md section 4 has what it measured, and "Notes on
+the code" why these features and how the curve is parametrised.
 """
 
 from __future__ import annotations

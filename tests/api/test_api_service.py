@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from fixtures.processes import free_port
 
 from api.app import create_app
-from api.metrics import UNMATCHED_ROUTE, queue_depths
+from api.prometheus import UNMATCHED_ROUTE, queue_depths
 from api.routers.health import CHECK_TIMEOUT_S
 from db import repository as repo
 from db.migrate import upgrade

@@ -92,15 +92,15 @@ def test_operator_commands(sqlite_url: str, capsys: pytest.CaptureFixture[str]) 
     dispose_engine(sqlite_url)
 
 
-def test_the_package_exports_every_query() -> None:
+def test_the_repository_is_the_one_way_into_the_queries() -> None:
     import db
-    from db import archives, batches, jobs, references, repository, tenants, workflow
+    from db import archives, batches, jobs, reads, references, repository, tenants, workflow
 
-    modules = (archives, batches, jobs, references, tenants, workflow)
+    modules = (archives, batches, jobs, reads, references, tenants, workflow)
     expected = set().union(*(m.__all__ for m in modules))
     assert set(repository.__all__) == expected
-    assert expected | {"session_scope", "get_engine", "Job", "NotFound"} <= set(db.__all__)
-    assert all(getattr(db, name) is getattr(repository, name) for name in expected)
+    assert all(getattr(repository, name) is getattr(m, name) for m in modules for name in m.__all__)
+    assert not hasattr(db, "__all__") and not hasattr(db, "claim_job") and not hasattr(db, "session_scope")
 
 
 # --------------------------------------------------------------------------- keys, over the real API
