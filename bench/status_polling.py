@@ -232,7 +232,7 @@ def main() -> None:
         ],
     )
     print(f"load average {sampler.summary()['mean']} (max {sampler.summary()['max']}) on {os.cpu_count()} CPUs")
-    write_results("status_polling", {
+    write_results("status_polling" if args.jobs == 2000 else f"status_polling_{args.jobs}", {
         "setup": {
             "generator": "wrk -t1 (separate process, keep-alive)" if generator == "wrk" else "asyncio httpx",
             "connections": args.connections,
