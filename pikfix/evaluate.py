@@ -40,6 +40,7 @@ import click
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from pikfix.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from pikfix.color import rgb_to_lab_np
@@ -78,6 +79,8 @@ class EvalConfig:
     upscale: int = 1
     damage_side: int = DAMAGE_SIDE  # 0: restore at full resolution only (the paper's graph)
     anchor_chroma: bool = True  # False: the colorization net's own mean chroma (the paper's graph)
+    names: tuple[str, ...] = ()  # only these photos of the split (file names)
+    contact_sheet: str | None = None  # write degraded | restored | truth | reference rows here (JPEG)
 
 
 def _select(folder: str, split: str, val_fraction: float) -> list[Path]:
@@ -160,6 +163,11 @@ def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, 
         reference_paths = _select(config.references, config.references_split, config.val_fraction)
     except DatasetError as exc:
         raise EvaluationError(str(exc)) from exc
+    if config.names:
+        missing = set(config.names) - {p.name for p in photos}
+        if missing:
+            raise EvaluationError(f"not in split {config.split} of {config.photos}: {', '.join(sorted(missing))}")
+        photos = [p for p in photos if p.name in config.names]
     if not photos:
         raise EvaluationError(f"no photos to evaluate in {config.photos} (split {config.split})")
     if restorer is None:
@@ -170,6 +178,7 @@ def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, 
     references = _References(reference_paths, extractor, config.max_side)
 
     rows: list[dict[str, Any]] = []
+    sheet: list[list[np.ndarray]] = []
     for path in photos:
         t0 = time.perf_counter()
         truth = _fit(load_photo(path), config.max_side)
@@ -208,10 +217,14 @@ def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, 
                             "gain_db": restored_psnr - input_psnr}
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
+        if config.contact_sheet:
+            sheet.append([grey_rgb, model_rgb, truth, reference])
         log.info("%s: model %.2f dB, grey %.2f dB, reinhard %.2f dB, L gain %+.2f dB (reference %s)",
                  path.name, row["model"]["psnr"], row["grey"]["psnr"], row["reinhard"]["psnr"],
                  row["luminance"]["gain_db"], ref_name)
 
+    if config.contact_sheet:
+        write_contact_sheet(config.contact_sheet, sheet)
     mean = {m: _mean([r[m] for r in rows]) for m in (*METHODS, "luminance")}
     settings = asdict(config)
     settings.update(photos=Path(config.photos).name, references=Path(config.references).name, out=None,
@@ -230,6 +243,24 @@ def evaluate(config: EvalConfig, restorer: Restorer | None = None) -> dict[str, 
             "cast_within_3": abs(mean["model"]["cast_a"]) <= 3.0 and abs(mean["model"]["cast_b"]) <= 3.0,
         },
     }
+
+
+def write_contact_sheet(path: str | Path, rows: list[list[np.ndarray]], height: int = 180) -> None:
+    """One row per photo (degraded | restored | ground truth | reference), each scaled to ``height``."""
+    tiles = [[Image.fromarray(np.round(np.clip(im, 0, 1) * 255).astype(np.uint8)) for im in row] for row in rows]
+    tiles = [[t.resize((max(1, round(t.width * height / t.height)), height), Image.LANCZOS) for t in row]
+             for row in tiles]
+    gap = 4
+    width = max(sum(t.width for t in row) + gap * (len(row) - 1) for row in tiles)
+    canvas = Image.new("RGB", (width, len(tiles) * (height + gap) - gap), "white")
+    for r, row in enumerate(tiles):
+        x = 0
+        for tile in row:
+            canvas.paste(tile, (x, r * (height + gap)))
+            x += tile.width + gap
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, quality=85)
+    log.info("contact sheet of %d photos written to %s", len(rows), path)
 
 
 def _beats(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -343,6 +374,9 @@ def options() -> list[click.Option]:
                      help="short side of the damage-scale restoration pass; 0 turns it off"),
         click.Option(["--anchor-chroma/--no-anchor-chroma"], default=d.anchor_chroma,
                      help="give the output the reference's mean chroma (--no-anchor-chroma: the net's own)"),
+        click.Option(["--names"], default="", callback=lambda _c, _p, v: tuple(n for n in v.split(",") if n),
+                     help="comma-separated file names: only these photos of the split"),
+        click.Option(["--contact-sheet"], help="write a JPEG: degraded | restored | ground truth | reference per photo"),
         click.Option(["--against"], help="also evaluate this checkpoint on the same photos and say which of the two wins"),
         click.Option(["--ship-to"],
                      help="write an fp16 copy of --checkpoint here if it keeps quality (plus .eval.json)"),

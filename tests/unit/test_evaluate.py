@@ -169,3 +169,23 @@ def test_eval_upscale_and_against_compare_two_checkpoints_on_the_same_photos(
     assert isinstance(against["candidate_wins"], bool)
     assert ("wins" if against["candidate_wins"] else "does not win") in capsys.readouterr().out
     assert main(["eval", "--photos", str(photos), "--references", str(refs), "--upscale", "0"]) == 2
+
+
+def test_eval_names_pick_photos_and_the_contact_sheet_has_a_row_each(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    photos, refs = tmp_path / "photos", tmp_path / "refs"
+    photos.mkdir()
+    refs.mkdir()
+    for i, tint in enumerate([(0.8, 0.5, 0.3), (0.3, 0.7, 0.4), (0.5, 0.5, 0.8)]):
+        save(photos / f"p{i}.png", scene(20 + i, tint))
+    save(refs / "green.png", scene(13, (0.2, 0.8, 0.3)))
+    sheet, out = tmp_path / "sheet.jpg", tmp_path / "report.json"
+    args = ["eval", "--photos", str(photos), "--references", str(refs), "--checkpoint", str(tiny_checkpoint),
+            "--threads", "1", "--out", str(out)]
+    assert main([*args, "--names", "p0.png,p2.png", "--contact-sheet", str(sheet)]) == 0
+    assert [r["name"] for r in json.loads(out.read_text())["images"]] == ["p0.png", "p2.png"]
+    with Image.open(sheet) as image:
+        # two rows of four tiles, 180 px high with a 4 px gap; every tile is as wide as the photo's aspect says
+        assert image.height == 2 * 180 + 4
+        grid = np.asarray(image.convert("L"), np.float32)
+    assert grid[:180].std() > 5 and grid[184:].std() > 5  # both rows hold pictures, not blank canvas
+    assert main([*args, "--names", "nope.png"]) == 2  # a name not in the split is an error, not an empty run
