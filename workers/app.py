@@ -1,6 +1,6 @@
 """The Celery application, configured from the one settings object.
 
-Reliability settings follow DESIGN.md §3: late acks with reject-on-worker-lost so a killed worker's job is
+Reliability settings (docs/operations.md, "6. Failure modes"): late acks with reject-on-worker-lost so a killed worker's job is
 redelivered, prefetch 1 so a GPU worker never hoards photos, a Redis visibility timeout above the hard
 time limit, JSON only, results ignored (the database is the source of truth). With no broker configured
 the tasks run eagerly in-process (the embedded default).
@@ -21,6 +21,7 @@ TASK_ROUTES = {
     "pikfix.restore_job": {"queue": QUEUE_RESTORE},
     "pikfix.index_reference": {"queue": QUEUE_INGEST},
     "pikfix.ingest_archive": {"queue": QUEUE_INGEST},
+    "pikfix.batch_webhook": {"queue": QUEUE_MAINTENANCE},
     "pikfix.maintenance.*": {"queue": QUEUE_MAINTENANCE},
 }
 
@@ -80,7 +81,7 @@ def configure(app: Celery, settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    app = Celery("pikfix", include=["workers.tasks", "workers.maintenance"])
+    app = Celery("pikfix", include=["workers.tasks", "workers.maintenance", "workers.webhooks"])
     configure(app, settings or get_settings())
     return app
 

@@ -98,8 +98,8 @@ def finish_batches() -> list[str]:
             publish_batch_report(runtime, batch_id)
         except Exception:
             log.exception("report for batch %s failed", batch_id)
-        try:  # one batch's unreachable or malformed webhook must not cost the others theirs
-            call_batch_webhook(runtime, batch_id)
+        try:  # its own task, retried by Celery; one batch's failure to send it must not cost the others
+            call_batch_webhook.delay(batch_id)
         except Exception:
             log.exception("webhook for batch %s failed", batch_id)
     return finished

@@ -1,4 +1,4 @@
-"""Celery tasks: small, idempotent, taking ids, never objects (DESIGN.md §3).
+"""Celery tasks: small, idempotent, taking ids, never objects (docs/operations.md, "6. Failure modes").
 
 A restore job that ends ``failed`` ends its task as a failure too (:class:`JobFailed`, error code first),
 so Flower's failed count is the database's. Each task a worker starts is noted in the broker under the
@@ -37,12 +37,15 @@ from workers.runtime import get_runtime
 log = logging.getLogger(__name__)
 
 MAX_TRANSIENT_RETRIES = 6
+# Celery's declared retry policy for storage/database outages: 2, 4, 8 ... s, capped well below the
+# broker's visibility timeout.
+TRANSIENT_RETRY = dict(max_retries=MAX_TRANSIENT_RETRIES, retry_backoff=2, retry_backoff_max=300)
 
 
 class JobFailed(Exception):
     """The restore job ended ``failed``; raised once its row says so, so the task is a failure in
     Flower, with the error code first in the message. Never retried: the task retries only
-    ``TransientError``, explicitly, and a failed task's message is acknowledged."""
+    ``TransientError``, and a failed task's message is acknowledged."""
 
     def __init__(self, code: str, message: str = "") -> None:
         super().__init__(f"{code}: {message}" if message else code)
@@ -51,11 +54,6 @@ class JobFailed(Exception):
 
     def __reduce__(self):  # pickled from the pool process to the worker with the code kept apart
         return type(self), (self.code, self.message)
-
-
-def _backoff(retries: int) -> int:
-    """Exponential backoff in seconds, capped well below the broker's visibility timeout."""
-    return min(300, 2 ** (retries + 1))
 
 
 @worker_process_init.connect
@@ -90,7 +88,10 @@ def _log_storage_check(runtime) -> None:
         log.info("object store: %s answered", runtime.store.url)
 
 
-@app.task(name="pikfix.restore_job", bind=True, acks_late=True, reject_on_worker_lost=True, throws=(JobFailed,))
+# Each retry's claim spends one of the job's attempts (jobs.attempts), so no jitter here: a countdown
+# drawn near 0 would spend the budget inside one short outage.
+@app.task(name="pikfix.restore_job", bind=True, acks_late=True, reject_on_worker_lost=True,
+          throws=(JobFailed,), autoretry_for=(TransientError,), retry_jitter=False, **TRANSIENT_RETRY)
 def restore_job(self, job_id: str) -> str:
     runtime = get_runtime()
     eager = self.request.is_eager
@@ -102,14 +103,13 @@ def restore_job(self, job_id: str) -> str:
         _fail_active(runtime, job_id, "time_limit", message)
         return _failed(eager, "time_limit", message)
     except TransientError as exc:
-        # Each retry's claim counts an attempt: stop retrying before the dead-letter rule would hide
-        # the storage/database error behind ``too_many_attempts``.
-        retry_budget = min(MAX_TRANSIENT_RETRIES, runtime.settings.job_max_attempts - 1)
-        if self.request.retries >= retry_budget or eager:
+        # Celery retries it (autoretry_for) while the job's own budget lasts: stop before the
+        # dead-letter rule would hide the storage/database error behind ``too_many_attempts``.
+        if eager or self.request.retries >= min(self.max_retries, runtime.settings.job_max_attempts - 1):
             fail_after_retries(runtime, job_id, exc)
             return _failed(eager, "transient_error_exhausted", f"gave up after retries: {exc}")
         log.warning("job %s: transient error, retry %d: %s", job_id, self.request.retries + 1, exc)
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), max_retries=MAX_TRANSIENT_RETRIES) from exc
+        raise
     except Exception as exc:
         # A bug, not bad input: record it on the job (no blind retry loop) and keep the worker going.
         log.exception("job %s: unexpected error", job_id)
@@ -289,39 +289,40 @@ def _report_lost_tasks(sender=None, **_: object) -> None:
         log.warning("could not report the tasks lost when %s last stopped", hostname, exc_info=True)
 
 
-@app.task(name="pikfix.index_reference", bind=True, acks_late=True, reject_on_worker_lost=True)
-def index_reference(self, reference_id: str) -> str:
+# Jittered, so the tasks one outage failed do not all come back at once; the maintenance task re-sends
+# any still pending after the last retry.
+@app.task(name="pikfix.index_reference", acks_late=True, reject_on_worker_lost=True,
+          autoretry_for=TRANSIENT_ERRORS, retry_jitter=True, **TRANSIENT_RETRY)
+def index_reference(reference_id: str) -> str:
     runtime = get_runtime()
     from pikfix import imageio
     from pikfix.errors import PikFixInputError
     from workers.references import encode_descriptor
 
+    with session_scope(runtime.database_url) as s:
+        ref = repo.get_reference_any_tenant(s, reference_id)
+        if ref is None or ref.status in ("indexed", "deleted"):
+            return "skipped"
+        key = ref.object_key
     try:
+        decoded = imageio.decode_image(runtime.store.get_bytes(key), max_pixels=runtime.settings.max_image_pixels)
+    except (PikFixInputError, ObjectNotFound) as exc:
         with session_scope(runtime.database_url) as s:
-            ref = repo.get_reference_any_tenant(s, reference_id)
-            if ref is None or ref.status in ("indexed", "deleted"):
-                return "skipped"
-            key = ref.object_key
-        try:
-            decoded = imageio.decode_image(runtime.store.get_bytes(key), max_pixels=runtime.settings.max_image_pixels)
-        except (PikFixInputError, ObjectNotFound) as exc:
-            with session_scope(runtime.database_url) as s:
-                repo.mark_reference_failed(s, reference_id, str(exc))
-            return "failed"
-        if problem := colour_problem(decoded):  # a grey photo has no colour to transfer: never indexed
-            with session_scope(runtime.database_url) as s:
-                repo.mark_reference_failed(s, reference_id, problem)
-            return "failed"
-        descriptor = runtime.extractor.describe(decoded.rgb)
+            repo.mark_reference_failed(s, reference_id, str(exc))
+        return "failed"
+    if problem := colour_problem(decoded):  # a grey photo has no colour to transfer: never indexed
         with session_scope(runtime.database_url) as s:
-            repo.mark_reference_indexed(s, reference_id, encode_descriptor(descriptor))
-        return "indexed"
-    except TRANSIENT_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), max_retries=MAX_TRANSIENT_RETRIES) from exc
+            repo.mark_reference_failed(s, reference_id, problem)
+        return "failed"
+    descriptor = runtime.extractor.describe(decoded.rgb)
+    with session_scope(runtime.database_url) as s:
+        repo.mark_reference_indexed(s, reference_id, encode_descriptor(descriptor))
+    return "indexed"
 
 
-@app.task(name="pikfix.ingest_archive", bind=True, acks_late=True, reject_on_worker_lost=True)
-def ingest_archive(self, archive_id: str) -> dict[str, int]:
+@app.task(name="pikfix.ingest_archive", acks_late=True, reject_on_worker_lost=True,
+          autoretry_for=TRANSIENT_ERRORS, retry_jitter=True, **TRANSIENT_RETRY)
+def ingest_archive(archive_id: str) -> dict[str, int]:
     """Unpack an accepted zip into content-addressed originals and one queued job per photo.
 
     The archive is streamed from storage to a temporary file (archives may be larger than memory). A
@@ -331,22 +332,19 @@ def ingest_archive(self, archive_id: str) -> dict[str, int]:
     """
     runtime = get_runtime()
     settings = runtime.settings
-    try:
-        with session_scope(runtime.database_url) as s:
-            archive = repo.get_archive_any_tenant(s, archive_id)
-            if archive is None or archive.status != "pending":
-                return {"created": 0, "refused": 0}
-            tenant_id, batch_id, key, name = archive.tenant_id, archive.batch_id, archive.object_key, archive.name
-        with tempfile.TemporaryFile(prefix="pikfix-archive-") as spool:
-            try:
-                with runtime.store.open_stream(key) as source:
-                    shutil.copyfileobj(source, spool, 1 << 20)
-            except ObjectNotFound:
-                return _finish_archive(runtime, archive_id, 0, 0, "archive_missing", "the archive is no longer in storage")
-            spool.seek(0)
-            return _ingest_members(runtime, settings, archive_id, tenant_id, batch_id, key, name, spool)
-    except TRANSIENT_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries), max_retries=MAX_TRANSIENT_RETRIES) from exc
+    with session_scope(runtime.database_url) as s:
+        archive = repo.get_archive_any_tenant(s, archive_id)
+        if archive is None or archive.status != "pending":
+            return {"created": 0, "refused": 0}
+        tenant_id, batch_id, key, name = archive.tenant_id, archive.batch_id, archive.object_key, archive.name
+    with tempfile.TemporaryFile(prefix="pikfix-archive-") as spool:
+        try:
+            with runtime.store.open_stream(key) as source:
+                shutil.copyfileobj(source, spool, 1 << 20)
+        except ObjectNotFound:
+            return _finish_archive(runtime, archive_id, 0, 0, "archive_missing", "the archive is no longer in storage")
+        spool.seek(0)
+        return _ingest_members(runtime, settings, archive_id, tenant_id, batch_id, key, name, spool)
 
 
 def _ingest_members(runtime, settings, archive_id, tenant_id, batch_id, key, name, spool) -> dict[str, int]:

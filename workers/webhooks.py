@@ -1,8 +1,8 @@
 """Batch-finished webhooks, signed so the bureau can trust them.
 
 The body is JSON; ``X-Pikfix-Signature: sha256=<hex>`` is the HMAC-SHA256 of the exact body bytes with
-the service's webhook secret. Delivery is best effort with a short timeout and a few attempts: the batch
-status stays pollable either way.
+the service's webhook secret. Delivery is best effort with a short timeout and a few attempts, retried by
+Celery with backoff and jitter (no worker sleeps between them): the batch status stays pollable either way.
 
 Only public addresses are reached unless ``webhook_allow_private`` is set (``service.netpolicy``): the
 host is resolved and vetted before every attempt, the connection goes to the vetted address (TLS still
@@ -18,23 +18,36 @@ import json
 import logging
 import socket
 import ssl
-import time
 
 from db import repository as repo
 from db.session import session_scope
 from service.netpolicy import Target, WebhookResolutionError, WebhookTargetError, resolve_target
+from workers.app import app
+from workers.runtime import get_runtime
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Pikfix-Signature"
 MAX_RESPONSE_BYTES = 64 * 1024
+ATTEMPTS = 3
 
 
 def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def call_batch_webhook(runtime, batch_id: str, attempts: int = 3, timeout_s: float = 5.0) -> bool:
+class NotDelivered(Exception):
+    """The receiver answered, but not with a 2xx: worth another attempt, as a network error is."""
+
+
+# Retried by Celery, not in a sleep loop: ATTEMPTS in all, at most 1 s then 2 s apart (jittered), as the
+# sleeps were; a failed DNS look-up too. Each attempt builds the same signed body from the finished batch.
+@app.task(name="pikfix.batch_webhook", bind=True, max_retries=ATTEMPTS - 1,
+          autoretry_for=(NotDelivered, WebhookResolutionError, OSError, http.client.HTTPException),
+          retry_backoff=True, retry_backoff_max=5, retry_jitter=True)
+def call_batch_webhook(self, batch_id: str, timeout_s: float = 5.0) -> bool:
+    """POST the batch's notification; True once delivered, False when not sent or out of attempts."""
+    runtime = get_runtime()
     with session_scope(runtime.database_url) as s:
         batch = repo.get_batch_any_tenant(s, batch_id)
         url = batch.webhook_url
@@ -49,24 +62,21 @@ def call_batch_webhook(runtime, batch_id: str, attempts: int = 3, timeout_s: flo
         }
     body = json.dumps(payload, sort_keys=True).encode()
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(body, runtime.settings.webhook_secret)}
-    allow_private = runtime.settings.webhook_allow_private
-    for attempt in range(attempts):
-        try:
-            target = resolve_target(url, allow_private)
-            status = post(target, body, headers, timeout_s)
-            if 200 <= status < 300:
-                return True
-            log.warning("webhook for batch %s attempt %d: HTTP %d", batch_id, attempt + 1, status)
-        except WebhookResolutionError as exc:  # DNS may answer next time
-            log.warning("webhook for batch %s attempt %d: %s", batch_id, attempt + 1, exc)
-        except WebhookTargetError as exc:  # a policy refusal: no attempt will change it
-            log.warning("webhook for batch %s not sent: %s", batch_id, exc)
-            return False
-        except (OSError, http.client.HTTPException) as exc:
-            log.warning("webhook for batch %s attempt %d failed: %s", batch_id, attempt + 1, exc)
-        if attempt + 1 < attempts:
-            time.sleep(min(2**attempt, 5))
-    return False
+    try:
+        status = post(resolve_target(url, runtime.settings.webhook_allow_private), body, headers, timeout_s)
+        if not 200 <= status < 300:
+            raise NotDelivered(f"HTTP {status}")
+    except self.autoretry_for as exc:
+        log.warning("webhook for batch %s attempt %d: %s", batch_id, self.request.retries + 1, exc)
+        # Run eagerly (no broker) with task_eager_propagates, a retry would reach the caller as an error.
+        eager_only = self.request.is_eager and self.app.conf.task_eager_propagates
+        if self.request.retries < self.max_retries and not eager_only:
+            raise  # Celery retries it (autoretry_for)
+        return False  # best effort: the batch's status stays pollable
+    except WebhookTargetError as exc:  # a policy refusal: no attempt will change it
+        log.warning("webhook for batch %s not sent: %s", batch_id, exc)
+        return False
+    return True
 
 
 def _connect(addresses: tuple[str, ...], port: int, timeout: float) -> socket.socket:

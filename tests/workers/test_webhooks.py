@@ -1,5 +1,7 @@
 """Batch-finished webhooks: a real local HTTP server receives the POST, and its signature verifies with
-the shared secret (workers/webhooks.py, called from the finish_batches maintenance task)."""
+the shared secret (workers/webhooks.py, a task the finish_batches maintenance task sends). The task runs
+eagerly here, with ``task_eager_propagates`` off so that Celery runs its retries (at once, the countdowns
+its declared policy computed left out); tests/workers/test_worker_integration.py has a worker retry it."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from celery.app import autoretry
 from helpers import photo_bytes
 
 from db import repository as repo
@@ -25,7 +28,7 @@ from service.netpolicy import Target
 from service.settings import Settings
 from storage import result_key
 from workers.runtime import WorkerRuntime, set_runtime
-from workers.webhooks import SIGNATURE_HEADER, call_batch_webhook, post
+from workers.webhooks import ATTEMPTS, SIGNATURE_HEADER, call_batch_webhook, post
 
 SECRET = "bureau-shared-secret"
 
@@ -88,7 +91,8 @@ def _serve(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def runtime(sqlite_url: str, tmp_path: Path) -> Iterator[WorkerRuntime]:
+def runtime(sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerRuntime]:
+    monkeypatch.setitem(call_batch_webhook.app.conf, "task_eager_propagates", False)
     upgrade(sqlite_url)
     settings = Settings(
         database_url=sqlite_url,
@@ -131,6 +135,11 @@ def expected_signature(body: bytes, secret: str = SECRET) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def deliver(batch_id: str) -> bool:
+    """The webhook task as a worker runs it (not called directly, which Celery never retries)."""
+    return call_batch_webhook.apply(args=[batch_id], kwargs={"timeout_s": 5}).get()
+
+
 def test_finish_batches_posts_a_signed_notification_once(runtime: WorkerRuntime, receiver: Receiver) -> None:
     from workers.maintenance import finish_batches
 
@@ -161,27 +170,54 @@ def test_finish_batches_posts_a_signed_notification_once(runtime: WorkerRuntime,
     assert len(receiver.received) == 1
 
 
-def test_a_failed_delivery_is_retried_with_the_same_signed_body(
-    runtime: WorkerRuntime, receiver: Receiver
+def test_failed_deliveries_are_retried_by_the_declared_policy_with_the_same_signed_body(
+    runtime: WorkerRuntime, receiver: Receiver, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    assert call_batch_webhook.max_retries == ATTEMPTS - 1 == 2
     _, batch_id = finished_batch(runtime, receiver.url)
     with session_scope(runtime.database_url) as s:
         repo.finish_batches(s)
-    receiver.statuses = [503]  # the bureau's server hiccups once
+    receiver.statuses = [503, 502]  # the bureau's server hiccups twice
+    countdowns = []
 
-    assert call_batch_webhook(runtime, batch_id, attempts=3, timeout_s=5) is True
-    first, second = receiver.received
-    assert first.body == second.body
-    assert (
-        first.headers[SIGNATURE_HEADER] == second.headers[SIGNATURE_HEADER] == expected_signature(first.body)
-    )
+    def backoff(**kwargs: object) -> int:
+        countdowns.append((kwargs, countdown := real_backoff(**kwargs)))
+        return countdown
+
+    real_backoff = autoretry.get_exponential_backoff_interval
+    monkeypatch.setattr(autoretry, "get_exponential_backoff_interval", backoff)
+
+    assert deliver(batch_id) is True
+    first, second, third = receiver.received  # delivered once, on the third attempt
+    assert first.body == second.body == third.body
+    assert {hit.headers[SIGNATURE_HEADER] for hit in receiver.received} == {expected_signature(first.body)}
+    assert "attempt 1: HTTP 503" in caplog.text and "attempt 2: HTTP 502" in caplog.text
+    # Celery computed the countdowns (1 s, then 2 s, at most, each jittered), not a sleep in the task.
+    assert [(k["retries"], k["factor"], k["maximum"], k["full_jitter"]) for k, _ in countdowns] == [
+        (0, 1, 5, True), (1, 1, 5, True)
+    ]
+    assert 0 <= countdowns[0][1] <= 1 and 0 <= countdowns[1][1] <= 2
+
+
+def test_run_eagerly_with_the_apps_settings_a_failed_attempt_is_the_last(
+    runtime: WorkerRuntime, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No broker (embedded, or the API without one): Celery cannot retry, and the caller sees no error."""
+    monkeypatch.setitem(call_batch_webhook.app.conf, "task_eager_propagates", True)
+    _, batch_id = finished_batch(runtime, receiver.url)
+    with session_scope(runtime.database_url) as s:
+        repo.finish_batches(s)
+    receiver.statuses = [503]
+    assert deliver(batch_id) is False
+    assert len(receiver.received) == 1
 
 
 def test_no_webhook_url_means_no_request(runtime: WorkerRuntime, receiver: Receiver) -> None:
     _, batch_id = finished_batch(runtime, None)
     with session_scope(runtime.database_url) as s:
         repo.finish_batches(s)
-    assert call_batch_webhook(runtime, batch_id) is False
+    assert deliver(batch_id) is False
     assert receiver.received == []
 
 
@@ -192,26 +228,26 @@ def test_internal_addresses_are_not_reached_unless_allowed(
     with session_scope(runtime.database_url) as s:
         repo.finish_batches(s)
     runtime.settings.webhook_allow_private = False  # the production default
-    assert call_batch_webhook(runtime, batch_id, attempts=2, timeout_s=5) is False
+    assert deliver(batch_id) is False
     assert receiver.received == []
-    assert "webhook address 127.0.0.1 is not a public address" in caplog.text
+    assert caplog.text.count("webhook address 127.0.0.1 is not a public address") == 1  # never retried
 
 
 def test_redirects_are_not_followed(runtime: WorkerRuntime, receiver: Receiver) -> None:
     _, batch_id = finished_batch(runtime, receiver.url)
     with session_scope(runtime.database_url) as s:
         repo.finish_batches(s)
-    receiver.statuses = [302, 303]  # both would be followed (as GET) by urllib's default opener
-    assert call_batch_webhook(runtime, batch_id, attempts=2, timeout_s=5) is False
-    assert [hit.path for hit in receiver.received] == ["/hooks/pikfix", "/hooks/pikfix"]
+    receiver.statuses = [302, 303, 307]  # each would be followed by urllib's default opener
+    assert deliver(batch_id) is False  # the attempts are spent
+    assert [hit.path for hit in receiver.received] == ["/hooks/pikfix"] * ATTEMPTS
 
 
 def test_unresolvable_hosts_are_retried_then_given_up(runtime: WorkerRuntime, caplog: pytest.LogCaptureFixture) -> None:
     _, batch_id = finished_batch(runtime, "http://no-such-host.invalid/hook")
     with session_scope(runtime.database_url) as s:
         repo.finish_batches(s)
-    assert call_batch_webhook(runtime, batch_id, attempts=2, timeout_s=5) is False
-    assert caplog.text.count("cannot resolve webhook host 'no-such-host.invalid'") == 2
+    assert deliver(batch_id) is False
+    assert caplog.text.count("cannot resolve webhook host 'no-such-host.invalid'") == ATTEMPTS
 
 
 @pytest.fixture(scope="module")
@@ -251,5 +287,5 @@ def test_https_goes_to_the_vetted_address_and_checks_the_certificate_name(
     _, batch_id = finished_batch(runtime, f"https://127.0.0.1:{port}/hooks/pikfix")
     with session_scope(runtime.database_url) as s:
         repo.finish_batches(s)
-    assert call_batch_webhook(runtime, batch_id, attempts=1, timeout_s=5) is False
+    assert deliver(batch_id) is False
     assert len(tls_receiver.received) == 1

@@ -14,12 +14,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +63,7 @@ from db.migrate import upgrade
 from db.models import Job
 from db.session import dispose_engine, session_scope
 from storage import put_content_addressed, report_key, result_key, upload_key
+from workers.webhooks import SIGNATURE_HEADER, sign
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -67,6 +72,7 @@ JOB_TIMEOUT_S = 180.0  # generous: the CPU is shared with other test runs
 # Large enough that the tiny model works on it for seconds (see the report figures), so a test can
 # catch the job ``running`` and kill its process; small enough to keep the module quick.
 LONG_PHOTO_SIDE = 1024
+WEBHOOK_SECRET = "integration-secret"
 
 
 @dataclass
@@ -95,6 +101,8 @@ class Cluster:
             "PIKFIX_WORKING_SIZE": str(WORKING_SIZE),
             "PIKFIX_DEVICE": "cpu",
             "PIKFIX_DATA_DIR": str(self.data_dir),
+            "PIKFIX_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "PIKFIX_WEBHOOK_ALLOW_PRIVATE": "true",  # the test's receiver listens on loopback
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -470,6 +478,67 @@ def test_duplicate_delivery_records_one_success(cluster: Cluster) -> None:
     ]
     assert f"job {job_id} skipped already_terminal" in cluster.log()
     assert len(cluster.candidates(job_id)) == 1
+
+
+# --------------------------------------------------------------------------- retries, declared on the tasks
+
+
+def test_retry_policies_are_declared_on_the_tasks() -> None:
+    """Celery computes every countdown (no hand-written backoff); the restore job stops itself within
+    the job's attempt budget, so it is not jittered (each retry's claim spends an attempt)."""
+    from workers.pipeline import TRANSIENT_ERRORS, TransientError
+    from workers.tasks import index_reference, ingest_archive, restore_job
+    from workers.webhooks import NotDelivered, call_batch_webhook
+
+    def policy(task) -> tuple:
+        return (tuple(task.autoretry_for), task.max_retries, task.retry_backoff, task.retry_backoff_max,
+                task.retry_jitter)
+
+    assert policy(restore_job) == ((TransientError,), 6, 2, 300, False)
+    assert policy(index_reference) == policy(ingest_archive) == (TRANSIENT_ERRORS, 6, 2, 300, True)
+    assert policy(call_batch_webhook)[1:] == (2, True, 5, True)
+    assert NotDelivered in call_batch_webhook.autoretry_for
+
+
+def test_a_webhook_failing_twice_is_retried_by_the_worker_and_delivered_once(cluster: Cluster) -> None:
+    received: list[tuple[bytes, str]] = []
+    statuses = [503, 500]
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((body, self.headers[SIGNATURE_HEADER]))
+            self.send_response(statuses.pop(0) if statuses else 204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:  # keep test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tenant = cluster.new_tenant()
+    try:
+        with session_scope(cluster.database_url) as s:
+            url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+            batch_id = repo.create_batch(s, tenant, "album", None, webhook_url=url).id
+            job_id = repo.create_job(s, tenant, batch_id, f"{tenant}/originals/a.jpg", None, "a.jpg", 10).id
+            repo.submit_batch(s, tenant, batch_id)
+            assert repo.fail_job(s, job_id, None, "not_an_image", "a text file")
+        cluster.send("pikfix.maintenance.finish_batches")
+        wait_for(lambda: len(received) >= 3, 60, "three webhook attempts")
+        time.sleep(3)  # longer than any countdown the policy allows: a fourth attempt would be here
+    finally:
+        server.shutdown()
+        server.server_close()
+    (body, signature), *_ = received
+    assert received == [(body, signature)] * 3 and signature == sign(body, WEBHOOK_SECRET)
+    assert json.loads(body)["batch_id"] == batch_id
+    log = cluster.log()
+    assert f"webhook for batch {batch_id} attempt 2: HTTP 500" in log
+    # The two retries are Celery's, through the broker, with the countdowns it drew: at most 1 s, then 2 s.
+    first, second = map(int, re.findall(r"pikfix\.batch_webhook\[[-\w]+\] retry: Retry in (\d+)s", log))
+    assert first <= 1 and second <= 2
 
 
 # --------------------------------------------------------------------------- crashes
