@@ -25,14 +25,6 @@ from db.session import dispose_engine, session_scope
 from db.tenants import create_tenant
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-def url(request: pytest.FixtureRequest):
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    migrate.upgrade(url)
-    yield url
-    dispose_engine(url)
-
-
 @pytest.fixture
 def sqlite_db(sqlite_url: str):
     migrate.upgrade(sqlite_url)

@@ -19,14 +19,6 @@ from db.tenants import create_tenant
 from db.workflow import create_failed_job
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-def url(request: pytest.FixtureRequest):
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    migrate.upgrade(url)
-    yield url
-    dispose_engine(url)
-
-
 def _truth(url: str, batch_id: str) -> tuple[dict[str, int], int]:
     """Counts per status and jobs that ran to an end, the slow way: over every job row."""
     with session_scope(url, readonly=True) as s:

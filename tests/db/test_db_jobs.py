@@ -8,7 +8,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from db import migrate
 from db.batches import create_batch, get_batch, list_batch_jobs
 from db.jobs import (
     ALREADY_TERMINAL,
@@ -36,17 +35,8 @@ from db.models import (
     NotFound,
     utcnow,
 )
-from db.session import dispose_engine, session_scope
+from db.session import session_scope
 from db.tenants import create_tenant
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-def url(request: pytest.FixtureRequest):
-    """A migrated database on each backend."""
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    migrate.upgrade(url)
-    yield url
-    dispose_engine(url)
 
 
 def _tenant_and_batch(url: str, name: str = "acme") -> tuple[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from db import migrate
 from db.batches import create_batch
 from db.jobs import create_job
 from db.models import InvalidOptions, NotFound
@@ -18,16 +17,8 @@ from db.references import (
     mark_reference_failed,
     mark_reference_indexed,
 )
-from db.session import dispose_engine, session_scope
+from db.session import session_scope
 from db.tenants import create_tenant
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-def url(request: pytest.FixtureRequest):
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    migrate.upgrade(url)
-    yield url
-    dispose_engine(url)
 
 
 def test_reference_lifecycle(url: str) -> None:

@@ -8,9 +8,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from db import migrate
 from db.models import ApiKey, NotFound, TenantExists, utcnow
-from db.session import dispose_engine, session_scope
+from db.session import session_scope
 from db.tenants import (
     authenticate,
     create_api_key,
@@ -20,14 +19,6 @@ from db.tenants import (
     list_tenants,
     revoke_api_key,
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-def url(request: pytest.FixtureRequest):
-    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
-    migrate.upgrade(url)
-    yield url
-    dispose_engine(url)
 
 
 def test_tenant_names_are_unique_and_found_by_name_or_id(url: str) -> None:

@@ -8,7 +8,6 @@ a second on a shared CPU. Photos are generated, so no test depends on files outs
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import stat
@@ -28,26 +27,7 @@ from pikfix.config import PikFixConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = REPO_ROOT / "samples"
 
-# The lite graph narrowed to a few thousand parameters per sub-net; same code path as the shipped model.
-TINY_CONFIG = dataclasses.replace(
-    PikFixConfig.lite(),
-    name="tiny",
-    rdn_width=8,
-    rdn_growth=4,
-    rdn_blocks=1,
-    rdn_units=2,
-    sim_backbone_widths=(8, 8, 16, 16),
-    sim_width=8,
-    corr_max_positions=64,
-    hist_bins=8,
-    hist_sigma=0.25,
-    col_growth=4,
-    col_init_features=8,
-    col_units=(1, 1, 1, 1),
-    col_fusion_units=1,
-    col_decoder_units=(1, 1, 1),
-    working_size=64,
-)
+TINY_CONFIG = PikFixConfig.tiny()
 # Workers take the colourization resolution from settings (PIKFIX_WORKING_SIZE), not from the config.
 WORKING_SIZE = 64
 TINY_MODEL_NAME = f"pikfix-{TINY_CONFIG.name}"
