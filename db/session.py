@@ -26,6 +26,8 @@ _READONLY_OPTION = "pikfix_readonly"
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
+# One session factory per engine and mode: building a sessionmaker per request showed up in profiles.
+_factories: dict[tuple[str, bool], tuple[Engine, sessionmaker[Session]]] = {}
 
 # SQLite write transactions open right now: id(DBAPI connection) -> (thread id, database path).
 _sqlite_writers: dict[int, tuple[int, str]] = {}
@@ -139,6 +141,7 @@ def dispose_engine(url: str, close: bool = True) -> None:
     """Forget the engine for ``url`` and close its pooled connections (tests dropping a database)."""
     with _engines_lock:
         engine = _engines.pop(url, None)
+        _factories.clear()
     if engine is not None:
         engine.dispose(close=close)
 
@@ -152,6 +155,7 @@ def dispose_engines(close: bool = False) -> None:
     with _engines_lock:
         engines = list(_engines.values())
         _engines.clear()
+        _factories.clear()
     for engine in engines:
         engine.dispose(close=close)
 
@@ -163,8 +167,14 @@ def make_sessionmaker(url: str | None = None, *, readonly: bool = False) -> sess
     what the API needs to serialise a job it has just created.
     """
     engine = get_engine(url)
+    key = (engine.url.render_as_string(hide_password=False), readonly)
+    cached = _factories.get(key)
+    if cached is not None and cached[0] is engine:
+        return cached[1]
     bind = engine.execution_options(**{_READONLY_OPTION: True}) if readonly else engine
-    return sessionmaker(bind=bind, expire_on_commit=False)
+    factory = sessionmaker(bind=bind, expire_on_commit=False)
+    _factories[key] = (engine, factory)
+    return factory
 
 
 @contextmanager

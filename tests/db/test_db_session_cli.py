@@ -15,7 +15,7 @@ from fixtures.processes import free_port, port_open
 from sqlalchemy import text
 
 from db import cli, migrate
-from db.session import NestedTransactionError, dispose_engine, get_engine, session_scope
+from db.session import NestedTransactionError, dispose_engine, get_engine, make_sessionmaker, session_scope
 from db.tenants import authenticate, create_tenant, list_api_keys, list_tenants
 
 CLI = [sys.executable, "-m", "service.cli"]
@@ -168,3 +168,14 @@ def test_keys_list_and_revoke_over_the_real_api(postgres_url: str, tmp_path: Pat
     assert unknown.stderr.strip() == "error: no API key with id or prefix 'no-such-key'; see `pikfix keys list`"
     nobody = _run_cli(env, "keys", "list", "--tenant", "nobody")
     assert nobody.returncode == cli.EXIT_USAGE and "no tenant" in nobody.stderr
+
+
+def test_session_factories_are_reused_until_their_engine_is_disposed(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    writer, reader = make_sessionmaker(url), make_sessionmaker(url, readonly=True)
+    assert make_sessionmaker(url) is writer and make_sessionmaker(url, readonly=True) is reader
+    assert writer is not reader
+    dispose_engine(url)
+    fresh = make_sessionmaker(url)
+    assert fresh is not writer and fresh.kw["bind"] is not writer.kw["bind"]  # bound to the new engine
+    dispose_engine(url)
