@@ -313,10 +313,14 @@ def test_batch_is_restored_by_the_worker(cluster: Cluster) -> None:
 
     cluster.send("pikfix.maintenance.finish_batches")
     html_key = report_key(tenant, batch_id)
-    wait_for(lambda: cluster.store.exists(html_key), 60, "the batch report")
-    with session_scope(cluster.database_url, readonly=True) as s:
-        batch = repo.get_batch(s, tenant, batch_id)
-        assert batch.status == "finished" and batch.report_key == html_key
+
+    def recorded():  # the worker stores the report, then records its key: wait for the record
+        with session_scope(cluster.database_url, readonly=True) as s:
+            batch = repo.get_batch(s, tenant, batch_id)
+            return batch if batch.report_key is not None else None
+
+    batch = wait_for(recorded, 60, "the batch report")
+    assert batch.status == "finished" and batch.report_key == html_key and cluster.store.exists(html_key)
     report = json.loads(cluster.store.get_bytes(html_key.rsplit(".", 1)[0] + ".json"))
     assert report["summary"]["counts"]["succeeded"] == 2 and report["summary"]["total"] == 2
 
