@@ -21,7 +21,7 @@ from swagger_ui_bundle import swagger_ui_path
 from api.deps import ApiContext
 from api.errors import install_error_handlers, not_found
 from api.prometheus import RequestMetricsMiddleware
-from api.routers import batches, health, jobs, metrics, references
+from api.routers import archival, batches, health, iiif, jobs, metrics, multipart, references
 from api.schemas import ErrorInfo, ErrorResponse
 from api.timeouts import ReadRequestTimeout
 from api.uploads import RequestSizeLimit
@@ -134,7 +134,7 @@ def create_app(settings: Settings | None = None, *, runtime: WorkerRuntime | Non
     app.state.ctx = ctx
     _configure_tasks(settings, runtime)
     install_error_handlers(app)
-    for module in (jobs, batches, references, health, metrics):
+    for module in (jobs, batches, multipart, references, archival, iiif, health, metrics):
         app.include_router(module.router)
     _install_openapi(app)
     _install_docs(app)
