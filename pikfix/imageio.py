@@ -6,7 +6,9 @@ pixel is decoded, and every failure becomes a ``PikFixInputError`` with a stable
 care about survives: EXIF orientation is applied to the pixels, the ICC profile is converted to sRGB
 (the original is kept on record), 16-bit scans keep 16-bit precision, EXIF/XMP/DPI are carried to
 the output, and a provenance record (model, checkpoint hash, reference, parameters) is written as
-XMP so a machine can tell what was done to the photo.
+XMP so a machine can tell what was done to the photo, with the IPTC labels of ``pikfix.labels``
+(Digital Source Type, AI system, a ``dc:description`` sentence) in every output format: PNG, JPEG,
+16-bit TIFF and lossless JPEG 2000.
 """
 
 from __future__ import annotations
@@ -22,19 +24,21 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 from PIL import (
     Image,
     ImageCms,
+    ImageDraw,
+    ImageFont,
     PngImagePlugin,
     TiffImagePlugin,
     UnidentifiedImageError,
     features,
 )
 
-from pikfix import __version__
+from pikfix import __version__, labels
 from pikfix.errors import PikFixInputError
 
 log = logging.getLogger(__name__)
@@ -52,10 +56,13 @@ if features.check("jpg_2000"):
     _DECODERS["jpeg2000"] = ("JPEG2000",)
 
 SUPPORTED_INPUT_FORMATS: frozenset[str] = frozenset(_DECODERS)
-OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "tiff16")
-_FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff16", "tiff": "tiff16", "tiff16": "tiff16", "png": "png", "jpeg": "jpeg"}
-_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff16": "image/tiff"}
-_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "tiff16": ".tif"}
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "tiff16", "jp2")
+_FORMAT_ALIASES = {
+    "jpg": "jpeg", "tif": "tiff16", "tiff": "tiff16", "tiff16": "tiff16", "png": "png", "jpeg": "jpeg",
+    "jp2": "jp2", "jpeg2000": "jp2",
+}
+_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "tiff16": "image/tiff", "jp2": "image/jp2"}
+_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "tiff16": ".tif", "jp2": ".jp2"}
 
 MAX_PIXELS = 250_000_000  # decompression-bomb guard when a caller names no limit of its own
 XMP_NAMESPACE = "http://ns.pikfix.org/provenance/1.0/"
@@ -276,6 +283,8 @@ def _decode(data: bytes, fmt: str, limit: int) -> DecodedImage:
 
 
 def _finish_decode(image: Image.Image, data: bytes | None, fmt: str) -> DecodedImage:
+    if fmt == "jpeg2000" and data is not None:
+        image.info.update(_jp2_metadata(data))
     # Decide on the 16-bit path while the decoder tiles are still there: reading PNG EXIF loads pixels.
     wide = data is not None and _is_rgb16(image)
     if not wide:
@@ -698,26 +707,54 @@ def _provenance_key(key: str) -> str:
     return name if re.match(r"[A-Za-z_]", name) else f"_{name}"
 
 
-def _provenance_description(provenance: dict[str, Any]) -> str:
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+_CAPTION_SEPARATOR = " Original description: "
+# Properties that describe how a file was made: the original's values are replaced by the output's own.
+_REPLACED_PROPERTIES = (
+    (labels.IPTC_EXT_NAMESPACE, tuple(labels.iptc_fields(None))),
+    (labels.DC_NAMESPACE, ("description",)),
+)
+
+
+def _provenance_description(provenance: dict[str, Any], captions: list[tuple[str, str]]) -> str:
+    """Our rdf:Description: the pikfix record, the IPTC labels, and dc:description with the original's
+    captions (each language kept, our sentence in front)."""
     attrs = " ".join(
         f"{_XMP_PREFIX}:{_provenance_key(k)}={quoteattr(_provenance_text(v))}" for k, v in sorted(provenance.items())
     )
-    return f'<rdf:Description rdf:about="" xmlns:{_XMP_PREFIX}="{XMP_NAMESPACE}" {attrs}/>'
+    iptc = " ".join(f"Iptc4xmpExt:{k}={quoteattr(v)}" for k, v in labels.iptc_fields(provenance).items())
+    sentence = labels.describe(provenance)
+    entries = dict(captions) or {"x-default": ""}
+    entries = {"x-default": entries.pop("x-default", next(iter(entries.values()))), **entries}
+    texts = {lang: sentence + (_CAPTION_SEPARATOR + text if text else "") for lang, text in entries.items()}
+    items = "".join(f"<rdf:li xml:lang={quoteattr(lang)}>{escape(text)}</rdf:li>" for lang, text in texts.items())
+    return (
+        f'<rdf:Description rdf:about="" xmlns:{_XMP_PREFIX}="{XMP_NAMESPACE}" '
+        f'xmlns:Iptc4xmpExt="{labels.IPTC_EXT_NAMESPACE}" xmlns:dc="{labels.DC_NAMESPACE}" {attrs} {iptc}>'
+        f"<dc:description><rdf:Alt>{items}</rdf:Alt></dc:description></rdf:Description>"
+    )
 
 
 _XPACKET_RE = re.compile(rb"<\?xpacket[^>]*\?>")
-_OUR_DESCRIPTION_RE = re.compile(r"<rdf:Description\b[^>]*xmlns:pikfix=\"[^\"]*\"[^>]*/>")
+_OUR_DESCRIPTION_RE = re.compile(
+    r"<rdf:Description\b[^>]*xmlns:pikfix=\"[^\"]*\"[^>]*?(?:/>|(?<!/)>.*?</rdf:Description\s*>)", re.DOTALL
+)
 
 
 def build_xmp(provenance: dict[str, Any] | None, original: bytes | None = None) -> bytes | None:
-    """An XMP packet holding the original XMP (if any, orientation reset) plus our provenance record."""
+    """An XMP packet holding the original XMP (if any, orientation reset) plus our provenance record.
+
+    With a provenance record the packet also labels the output (IPTC Digital Source Type, AI system,
+    a ``dc:description`` sentence); the original's own values of those properties are replaced.
+    """
     if not provenance and not original:
         return None
-    ours = _provenance_description(provenance) if provenance else ""
     body = None
     if original:
-        body = _merge_into_original(original, ours)
+        body = _merge_into_original(original, provenance)
     if body is None:
+        ours = _provenance_description(provenance, []) if provenance else ""
         body = (
             '<x:xmpmeta xmlns:x="adobe:ns:meta/">'
             '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
@@ -727,26 +764,75 @@ def build_xmp(provenance: dict[str, Any] | None, original: bytes | None = None) 
     return packet.encode("utf-8")
 
 
-def _merge_into_original(original: bytes, ours: str) -> str | None:
+def _merge_into_original(original: bytes, provenance: dict[str, Any] | None) -> str | None:
+    """The original XMP with our description added and the properties it replaces removed; None
+    when the original cannot be kept (not UTF-8, not well-formed, or a property not removable)."""
     try:
         text = _XPACKET_RE.sub(b"", original).decode("utf-8").strip().strip("\x00").strip()
+        captions = _captions(ET.fromstring(text))
     except UnicodeDecodeError:
         log.warning("dropping original XMP that is not UTF-8")
+        return None
+    except ET.ParseError as exc:
+        log.warning("dropping original XMP that is not well-formed: %s", exc)
         return None
     text = _OUR_DESCRIPTION_RE.sub("", text)  # a photo restored twice keeps only the latest record
     text = re.sub(r'tiff:Orientation="\d"', 'tiff:Orientation="1"', text)
     text = re.sub(r"<tiff:Orientation>\d</tiff:Orientation>", "<tiff:Orientation>1</tiff:Orientation>", text)
+    ours = ""
+    if provenance:
+        text = _remove_replaced_properties(text)
+        ours = _provenance_description(provenance, captions)
     end = text.rfind("</rdf:RDF>")
     if end < 0:
         log.warning("dropping original XMP without an rdf:RDF element")
         return None
     merged = text[:end] + ours + text[end:]
     try:
-        ET.fromstring(merged)
+        root = ET.fromstring(merged)
     except ET.ParseError as exc:
         log.warning("dropping original XMP that is not well-formed: %s", exc)
         return None
+    replaced = [f"{{{namespace}}}{name}" for namespace, names in _REPLACED_PROPERTIES for name in names]
+    if provenance and any(_count_property(root, name) != 1 for name in replaced):
+        log.warning("dropping original XMP whose labelling properties could not be replaced")
+        return None
     return merged
+
+
+def _captions(root: ET.Element) -> list[tuple[str, str]]:
+    """(language, text) of the original's dc:description; from an earlier pikfix record, only the
+    caption it carried over (our old sentence is not a caption)."""
+    found: dict[str, str] = {}
+    for description in root.iter(f"{_RDF}Description"):
+        ours = any(name.startswith("{" + XMP_NAMESPACE + "}") for name in description.attrib)
+        items = [("x-default", description.get(f"{{{labels.DC_NAMESPACE}}}description") or "")]
+        items += [
+            (li.get(_XML_LANG, "x-default"), li.text or "")
+            for li in description.iterfind(f"{{{labels.DC_NAMESPACE}}}description/*/{_RDF}li")
+        ]
+        for lang, text in items:
+            if ours:
+                text = text.partition(_CAPTION_SEPARATOR)[2]
+            if text.strip():
+                found.setdefault(lang, text)
+    return list(found.items())
+
+
+def _remove_replaced_properties(text: str) -> str:
+    """Remove the properties our description sets (attribute and element forms, any prefix)."""
+    for namespace, names in _REPLACED_PROPERTIES:
+        bound = rf"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']{re.escape(namespace)}[\"']"
+        for prefix in set(re.findall(bound, text)):
+            for name in names:
+                tag = re.escape(f"{prefix}:{name}")
+                text = re.sub(rf"\s{tag}\s*=\s*(?:\"[^\"]*\"|'[^']*')", "", text)
+                text = re.sub(rf"<{tag}(?:\s[^>]*)?(?:/>|(?<!/)>.*?</{tag}\s*>)", "", text, flags=re.DOTALL)
+    return text
+
+
+def _count_property(root: ET.Element, name: str) -> int:
+    return sum((element.tag == name) + (name in element.attrib) for element in root.iter())
 
 
 def read_provenance(xmp: bytes | str | None) -> dict[str, str]:
@@ -778,12 +864,15 @@ def encode_image(
     xmp: bytes | None = None,
     dpi: tuple[float, float] | None = None,
     provenance: dict[str, Any] | None = None,
+    mark: bool = False,
 ) -> bytes:
-    """Encode sRGB float pixels (H, W, 3) or (H, W) in [0, 1] as PNG (8-bit), JPEG (q95) or 16-bit TIFF.
+    """Encode sRGB float pixels (H, W, 3) or (H, W) in [0, 1] as PNG (8-bit), JPEG (q95), 16-bit TIFF
+    or lossless JPEG 2000.
 
     ``exif`` and ``xmp`` are the original's metadata (e.g. from ``DecodedImage``); the EXIF orientation
     is reset to 1 because the pixels are already upright. ``provenance`` goes into XMP (merged with
-    the original XMP) and, for PNG, also into iTXt chunks. The sRGB ICC profile is always embedded.
+    the original XMP, with the IPTC labels of ``pikfix.labels``) and, for PNG, also into iTXt chunks.
+    The sRGB colour space is always declared. ``mark`` draws the visible label in the bottom-right corner.
     """
     fmt = normalize_output_format(fmt)
     rgb = np.asarray(rgb)
@@ -795,9 +884,12 @@ def encode_image(
     exif_obj = _exif_object(exif, (width, height)) if exif else None
     packet = build_xmp(provenance, xmp)
     dpi = _valid_dpi(dpi)
+    label = labels.mark_text(provenance) if mark else None
     if fmt == "tiff16":
-        return _encode_tiff16(_quantize(rgb, np.uint16), exif_obj, packet, dpi)
-    pixels = _quantize(rgb, np.uint8)
+        return _encode_tiff16(_marked(_quantize(rgb, np.uint16), label), exif_obj, packet, dpi)
+    if fmt == "jp2":
+        return _encode_jp2(rgb, label, exif_obj, packet, dpi)
+    pixels = _marked(_quantize(rgb, np.uint8), label)
     image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels, mode="L" if pixels.shape[2] == 1 else "RGB")
     out = io.BytesIO()
     options: dict[str, Any] = {"icc_profile": srgb_icc_bytes()}
@@ -927,3 +1019,156 @@ def _tiff_exif(exif: Image.Exif) -> tuple[list[tuple[Any, ...]], dict[int, TiffI
         data = field[:size] if size <= 4 else raw[int.from_bytes(field, "little") :][:size]
         tags.append((code, kind, count, data if kind in (1, 2, 7) else struct.unpack(fmt, data), True))
     return tags, subifds
+
+
+# --- JPEG 2000 --------------------------------------------------------------------------------------
+
+_JP2_XMP_UUID = bytes.fromhex("BE7ACFCB97A942E89C71999491E3AFAC")  # XMP specification, part 3
+_JP2_EXIF_UUID = b"JpgTiffExif->JP2"  # the de facto EXIF box (ExifTool, digiKam), TIFF data after it
+
+
+def _encode_jp2(
+    rgb: np.ndarray,
+    label: str | None,
+    exif: Image.Exif | None,
+    xmp: bytes | None,
+    dpi: tuple[float, float] | None,
+) -> bytes:
+    """Lossless JPEG 2000 (reversible 5/3 wavelet, one lossless layer) with Pillow's OpenJPEG.
+
+    Grey pixels are written as one 16-bit component; colour as 8-bit RGB with the reversible colour
+    transform, because Pillow has no 16-bit RGB mode. OpenJPEG writes no metadata, so the ICC
+    profile, resolution, XMP and EXIF boxes are added to the file it wrote.
+    """
+    wide = _quantize(rgb, np.uint16)
+    grey = wide.shape[2] == 1 or _channels_equal(wide)
+    if grey:
+        pixels = _marked(np.ascontiguousarray(wide[..., :1]), label)
+        height, width = pixels.shape[:2]
+        image = Image.frombytes("I;16", (width, height), pixels.astype("<u2", copy=False).tobytes())
+    else:
+        del wide
+        image = Image.fromarray(_marked(_quantize(rgb, np.uint8), label), mode="RGB")
+    out = io.BytesIO()
+    image.save(out, "JPEG2000", irreversible=False, mct=0 if grey else 1)
+    boxes = _jp2_boxes(out.getvalue())
+    if not boxes or boxes[0][0] != b"jP  " or b"jp2h" not in (kind for kind, _ in boxes):
+        raise ValueError("OpenJPEG wrote no JP2 header")
+    extra_header = b"" if grey else _jp2_box(b"colr", b"\x02\x00\x00" + srgb_icc_bytes())  # restricted ICC
+    if dpi is not None:
+        extra_header += _jp2_box(b"res ", _jp2_box(b"resc", _jp2_resolution(dpi)))
+    parts = []
+    for kind, payload in boxes:
+        parts.append(_jp2_box(kind, bytes(payload) + extra_header if kind == b"jp2h" else payload))
+        if kind == b"jp2h":  # metadata before the codestream, where streaming readers look
+            if xmp is not None:
+                parts.append(_jp2_box(b"uuid", _JP2_XMP_UUID + xmp))
+            if exif is not None and (tiff := _exif_tiff_bytes(exif)) is not None:
+                parts.append(_jp2_box(b"uuid", _JP2_EXIF_UUID + tiff))
+    return b"".join(parts)
+
+
+def _exif_tiff_bytes(exif: Image.Exif) -> bytes | None:
+    try:
+        return exif.tobytes().removeprefix(b"Exif\x00\x00")
+    except Exception as exc:  # an odd EXIF value the serialiser cannot write must not cost the photo
+        log.warning("writing the JPEG 2000 file without EXIF, which could not be serialised: %s", exc)
+        return None
+
+
+def _jp2_box(kind: bytes, payload: bytes | memoryview) -> bytes:
+    if len(payload) + 8 <= 0xFFFF_FFFF:
+        return struct.pack(">I4s", len(payload) + 8, kind) + payload
+    return struct.pack(">I4sQ", 1, kind, len(payload) + 16) + payload
+
+
+def _jp2_boxes(data: bytes | memoryview) -> list[tuple[bytes, memoryview]]:
+    """The top-level boxes (type, payload) of a JP2 file, as views (the codestream is not copied);
+    stops at the first malformed box header."""
+    data = memoryview(data)
+    boxes, pos, size = [], 0, len(data)
+    while pos + 8 <= size:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        header = 8
+        if length == 1 and pos + 16 <= size:
+            length, header = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif length == 0:
+            length = size - pos
+        if length < header or pos + length > size:
+            break
+        boxes.append((kind, data[pos + header : pos + length]))
+        pos += length
+    return boxes
+
+
+def _jp2_resolution(dpi: tuple[float, float]) -> bytes:
+    """A capture resolution box body: pixels per metre as (N / 254) * 10^E per axis (E >= 0 only,
+    since Pillow reads the exponent unsigned)."""
+    fields = []
+    for value in (dpi[1], dpi[0]):  # vertical first
+        numerator, exponent = value * 10_000, 0
+        while numerator > 0xFFFF:
+            numerator, exponent = numerator / 10, exponent + 1
+        fields.append((max(1, round(numerator)), exponent))
+    (vn, ve), (hn, he) = fields
+    return struct.pack(">HHHHbb", vn, 254, hn, 254, ve, he)
+
+
+def _jp2_metadata(data: bytes) -> dict[str, bytes]:
+    """XMP, EXIF and ICC profile of a JP2 file, under the ``info`` keys Pillow uses for other formats.
+
+    Pillow's JPEG 2000 reader returns none of them. Only the first colour specification counts, as
+    the JP2 standard says; its ICC profile is taken when it has one.
+    """
+    info: dict[str, bytes] = {}
+    for kind, payload in _jp2_boxes(data):
+        uuid = bytes(payload[:16]) if kind == b"uuid" else b""
+        if uuid == _JP2_XMP_UUID:
+            info.setdefault("xmp", bytes(payload[16:]))
+        elif uuid == _JP2_EXIF_UUID:
+            info.setdefault("exif", b"Exif\x00\x00" + bytes(payload[16:]).removeprefix(b"Exif\x00\x00"))
+        elif kind == b"jp2h":
+            colours = [body for name, body in _jp2_boxes(payload) if name == b"colr"]
+            if colours and bytes(colours[0][:1]) in (b"\x02", b"\x03") and len(colours[0]) > 3:
+                info["icc_profile"] = bytes(colours[0][3:])
+    return info
+
+
+# --- visible mark -----------------------------------------------------------------------------------
+
+_MARK_SHARE = 1 / 40  # text height as a share of the short side
+_MARK_MIN_SIZE = 10  # px: smaller is not legible
+_MARK_MAX_WIDTH = 0.5  # of the image width
+
+
+def _marked(pixels: np.ndarray, label: str | None) -> np.ndarray:
+    """Draw ``label`` (white on a darkened box) into the bottom-right corner of quantized (H, W, C)
+    pixels, in place, at any bit depth; grey pixels stay grey. None: the pixels as they are."""
+    if not label:
+        return pixels
+    mask = _mark_mask(label, *pixels.shape[:2])
+    box_h, box_w = mask.shape
+    height, width = pixels.shape[:2]
+    margin = max(1, round(box_h / 3))
+    y0, x0 = max(0, height - margin - box_h), max(0, width - margin - box_w)
+    region = pixels[y0 : y0 + box_h, x0 : x0 + box_w]
+    alpha = mask[: region.shape[0], : region.shape[1], None]
+    top = np.float32(np.iinfo(pixels.dtype).max)
+    blended = region.astype(np.float32) * np.float32(0.35) * (1 - alpha) + top * alpha
+    region[...] = np.rint(blended).astype(pixels.dtype)
+    return pixels
+
+
+def _mark_mask(label: str, height: int, width: int) -> np.ndarray:
+    """The label's box as float32 coverage in [0, 1] (text 1), sized to the image, Pillow's own font."""
+    size = max(_MARK_MIN_SIZE, round(min(height, width) * _MARK_SHARE))
+    font = ImageFont.load_default(size=size)
+    left, top, right, bottom = font.getbbox(label)
+    if right - left > width * _MARK_MAX_WIDTH and size > _MARK_MIN_SIZE:
+        size = max(_MARK_MIN_SIZE, int(size * width * _MARK_MAX_WIDTH / (right - left)))
+        font = ImageFont.load_default(size=size)
+        left, top, right, bottom = font.getbbox(label)
+    pad = max(2, size // 3)
+    canvas = Image.new("L", (right - left + 2 * pad, bottom - top + 2 * pad), 0)
+    ImageDraw.Draw(canvas).text((pad - left, pad - top), label, fill=255, font=font)
+    return np.asarray(canvas, dtype=np.float32) / np.float32(255.0)

@@ -3,13 +3,15 @@
 The restoration runs in overlapping tiles at full resolution and again at the damage scale; the
 similarity and colourization sub-nets run at a small working size, because their cost is quadratic in
 pixels; the chroma is then up-sampled onto the full-resolution luminance in strips, so memory stays
-bounded on any scan. Without a reference the result is the restored photo in grey. The pipeline and
-its reasons are in docs/model.md, "Notes on the code".
+bounded on any scan. Without a reference, or with ``colourize=False`` (restore-only), the result is the
+restored photo in exact grey (R = G = B). The pipeline and its reasons are in docs/model.md, "Notes on
+the code".
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -27,6 +29,7 @@ from pikfix import __version__
 from pikfix.checkpoint import load_checkpoint
 from pikfix.color import model_space_to_rgb, rgb_to_gray01, rgb_to_model_space
 from pikfix.errors import PikFixInputError
+from pikfix.grey import grey_rgb
 from pikfix.imageio import DecodedImage, decode_image, decode_pil_image, encode_image
 from pikfix.model import PikFix
 from pikfix.nets.tone import apply_curve
@@ -243,16 +246,22 @@ class Restorer:
     # --- public API ---------------------------------------------------------------------------------
 
     def restore(
-        self, image: ImageInput, reference: ImageInput | None = None, reference_id: str | None = None
+        self,
+        image: ImageInput,
+        reference: ImageInput | None = None,
+        reference_id: str | None = None,
+        colourize: bool = True,
     ) -> RestoreResult:
         """Restore (and, with a colour reference, colourize) one photo at its full resolution.
 
-        Given encoded bytes or a path, the decoded full-size RGB is released as soon as its luminance
-        is taken (a caller holding a ``DecodedImage`` keeps it alive, of course).
+        ``colourize=False`` is restore-only: the reference is neither read nor used, the colourization
+        net does not run, and the output is exactly grey. Given encoded bytes or a path, the decoded
+        full-size RGB is released as soon as its luminance is taken (a caller holding a
+        ``DecodedImage`` keeps it alive, of course).
         """
         start = time.perf_counter()
         decoded = self._decode(image)
-        ref = self._decode_reference(reference) if reference is not None else None
+        ref = self._decode_reference(reference) if reference is not None and colourize else None
         timings = {"decode": time.perf_counter() - start}
 
         with torch.inference_mode():
@@ -286,7 +295,7 @@ class Restorer:
             ab_working=np.ascontiguousarray(ab[0].permute(1, 2, 0).numpy()),
             reference_used=reference_used,
             timings=timings,
-            provenance=self.provenance(reference_id, reference_used),
+            provenance=self.provenance(reference_id, reference_used, colourize),
             reference_confidence=confidence,
         )
 
@@ -298,31 +307,47 @@ class Restorer:
         out_path: str | Path,
         fmt: str = "png",
         reference_id: str | None = None,
+        colourize: bool = True,
+        mark: bool = False,
     ) -> RestoreResult:
         """Decode ``path`` (or an s3:// URI), restore, and write ``out_path`` in ``fmt`` with the
-        original's EXIF/XMP/DPI and the provenance record."""
-        decoded = self._decode(read_uri_bytes(path))
+        original's EXIF/XMP/DPI and the provenance record, which names the source file and its
+        SHA-256. ``colourize=False``: restore-only; ``mark``: the visible corner label."""
+        source = read_uri_bytes(path)
+        source_record = {
+            "source_name": Path(str(path)).name,
+            "source_sha256": hashlib.sha256(source).hexdigest(),
+        }
+        decoded = self._decode(source)
+        del source
         exif, xmp, dpi = decoded.exif, decoded.xmp, decoded.dpi
-        reference = read_uri_bytes(reference_path) if reference_path is not None else None
+        reference = read_uri_bytes(reference_path) if reference_path is not None and colourize else None
         if reference is not None and reference_id is None:
             reference_id = Path(str(reference_path)).name
         pending = [decoded]
         del decoded  # handed over without a second reference, so restore() can free the pixels early
-        result = self.restore(pending.pop(), reference, reference_id=reference_id)
-        data = encode_image(result.rgb, fmt, exif=exif, xmp=xmp, dpi=dpi, provenance=result.provenance)
+        result = self.restore(pending.pop(), reference, reference_id=reference_id, colourize=colourize)
+        result.provenance.update(source_record)
+        data = encode_image(
+            result.rgb, fmt, exif=exif, xmp=xmp, dpi=dpi, provenance=result.provenance, mark=mark
+        )
         write_uri_bytes(out_path, data)
         return result
 
-    def provenance(self, reference_id: str | None, reference_used: bool) -> dict[str, Any]:
-        """What was done, for the output's XMP and the job record."""
+    def provenance(
+        self, reference_id: str | None, reference_used: bool, colourize: bool = True
+    ) -> dict[str, Any]:
+        """What was done, for the output's XMP and the job record (``pikfix.labels`` reads it)."""
         return {
             "software": f"pikfix {__version__}",
             "model": self.model_name,
             "checkpoint_sha256": self.checkpoint_sha256 or "unknown",
             "reference_id": reference_id if reference_used else None,
             "reference_used": reference_used,
+            "colourized": reference_used,  # colour comes only from a reference
             "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "parameters": {
+                "colourize": colourize,
                 "working_size": self.working_size,
                 "tile_size": self.tile_size,
                 "tile_overlap": self.tile_overlap,
@@ -430,16 +455,15 @@ class Restorer:
         return ab, confidence
 
     def _compose(self, restored: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
-        """Lab(restored L, up-sampled ab) -> sRGB (H,W,3) float32, one horizontal strip at a time."""
+        """Lab(restored L, up-sampled ab) -> sRGB (H,W,3) float32, one horizontal strip at a time;
+        without chroma, exact grey (the Lab -> sRGB matrix alone leaves R, G, B a rounding apart)."""
         height, width = restored.shape[-2:]
+        if not bool(ab.abs().amax() > 0):
+            return grey_rgb(restored[0, 0].numpy())
         rgb = np.empty((height, width, 3), dtype=np.float32)
         rows = _rows_per_strip(width)
-        neutral = not bool(ab.abs().amax() > 0)
         for y in range(0, height, rows):
-            lum = restored[:, :, y : y + rows]
-            if neutral:
-                chroma = torch.zeros((1, 2, *lum.shape[-2:]), dtype=torch.float32)
-            else:
-                chroma = _upsample_rows(ab, y, min(height, y + rows), height, width)
-            rgb[y : y + rows] = model_space_to_rgb(lum, chroma)[0].permute(1, 2, 0).numpy()
+            chroma = _upsample_rows(ab, y, min(height, y + rows), height, width)
+            strip = model_space_to_rgb(restored[:, :, y : y + rows], chroma)
+            rgb[y : y + rows] = strip[0].permute(1, 2, 0).numpy()
         return rgb
