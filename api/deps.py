@@ -42,6 +42,12 @@ class Principal:
 
     tenant_id: str
     tenant_name: str
+    key_prefix: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who acts, as events record it: ``api:<key prefix>`` (the prefix is public; the key is not)."""
+        return f"api:{self.key_prefix or 'unknown'}"
 
 
 class ApiContext:
@@ -168,6 +174,12 @@ def checked_id(value: str, what: str) -> str:
     return value
 
 
+def _key_prefix(plaintext: str) -> str | None:
+    """The public prefix of a ``pk_<prefix>_<secret>`` key."""
+    parts = plaintext.split("_", 2)
+    return parts[1] if len(parts) == 3 else None
+
+
 def get_context(request: Request) -> ApiContext:
     return request.app.state.ctx
 
@@ -186,7 +198,8 @@ def require_tenant(
         tenant = repo.authenticate(s, credentials.credentials.strip())
         if tenant is None:
             raise unauthorized()
-        principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name)
+        principal = Principal(tenant_id=tenant.id, tenant_name=tenant.name,
+                              key_prefix=_key_prefix(credentials.credentials.strip()))
     return principal
 
 

@@ -76,6 +76,10 @@ API_ERRORS: dict[str, ErrorCode] = {
     "job_not_resendable": ErrorCode(409, "only a queued or running job can be resent"),
     "job_still_running": ErrorCode(409, "the job's worker still reports progress; resend with `force=true` to "
                                         "override"),
+    "job_not_cancellable": ErrorCode(409, "only a queued or running job can be cancelled; this one has ended or "
+                                          "awaits review"),
+    "job_not_awaiting_review": ErrorCode(409, "the job is not awaiting review: it was never gated, or another "
+                                              "decision landed first"),
     "presigned_unavailable": ErrorCode(409, "presigned uploads need S3 storage; upload through `/photos` or "
                                             "`/archive`"),
     "file_too_large": ErrorCode(413, "a file is larger than the upload limit"),
@@ -94,6 +98,10 @@ API_ERRORS: dict[str, ErrorCode] = {
                                            "measured colourfulness)"),
     "webhook_url_not_allowed": ErrorCode(422, "the webhook URL has credentials or points at a private, loopback "
                                               "or reserved address"),
+    "digest_mismatch": ErrorCode(422, "a file's SHA-256 is not the digest the client sent (`Content-Digest` or "
+                                      "`digests`); nothing was stored"),
+    "idempotency_key_reused": ErrorCode(422, "the `Idempotency-Key` already created a batch from a different "
+                                             "body; use a new key for a new batch"),
     "upload_missing": ErrorCode(422, "a file named at submit was not uploaded through its presigned URL"),
     "batch_empty": ErrorCode(422, "the batch has no photos, archives or uploads to submit"),
     "archive_empty": ErrorCode(422, "the archive holds no photos"),
@@ -123,6 +131,9 @@ JOB_ERRORS: dict[str, str] = {
     "zip_bomb": "an archive whose members inflate past their declared sizes or the ratio limit",
     "archive_too_large": "an archive whose members add up to more than the uncompressed limit",
     "archive_too_many_members": "an archive with more members than the limit",
+    "fixity_failed": "storage returned other bytes for the original than were uploaded (its SHA-256 differs); "
+                     "nothing was written",
+    "rejected_in_review": "a person rejected the result in review (the message holds the note, or the redo's id)",
     "internal_error": "a bug in the service",
 }
 

@@ -11,15 +11,17 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, model_validator
 
 from db.models import Archive, Batch, Job, JobReference, Reference
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled", "awaiting_review"]
 BatchStatus = Literal["open", "submitted", "finished", "cancelled"]
 ReferenceStatus = Literal["pending", "indexed", "failed", "deleted"]
 ReferenceMode = Literal["auto", "manual", "none"]
-OutputFormat = Literal["png", "jpeg", "tiff16"]
+OutputFormat = Literal["png", "jpeg", "tiff16", "jp2"]
+ReviewMode = Literal["none", "flagged", "all"]
+ReviewState = Literal["pending", "approved", "rejected"]
 
 ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 MAX_UPLOAD_NAMES = 1000
@@ -106,7 +108,14 @@ class JobOut(BaseModel):
     worker: str | None = None
     error: JobError | None = None
     timings: JobTimings
-    result_url: str | None = Field(None, description="API path of the restored image once succeeded")
+    result_url: str | None = Field(None, description="API path of the restored image once succeeded (or "
+                                                     "while it awaits review)")
+    output_sha256: str | None = Field(None, description="SHA-256 (hex) of the stored result")
+    colourize: bool = Field(True, description="false: restored only, kept grey")
+    mark: bool = Field(False, description="a visible corner label on the result")
+    review: ReviewState | None = Field(None, description="the review gate: pending while it awaits a decision")
+    review_note: str | None = None
+    redo_of: str | None = Field(None, description="the job this one redoes (a redo decided in review)")
 
     @classmethod
     def from_row(cls, job: Job) -> JobOut:
@@ -135,8 +144,20 @@ class JobOut(BaseModel):
                 finished_at=job.finished_at,
                 duration_s=job.duration_s,
             ),
-            result_url=f"/v1/jobs/{job.id}/result" if job.status == "succeeded" else None,
+            result_url=f"/v1/jobs/{job.id}/result" if has_result(job) else None,
+            output_sha256=job.output_sha256,
+            colourize=job.colourize is not False,
+            mark=bool(job.mark),
+            review=job.review,  # type: ignore[arg-type]
+            review_note=job.review_note,
+            redo_of=job.redo_of,
         )
+
+
+def has_result(job: Job) -> bool:
+    """A result can be downloaded once the job succeeded, while it awaits review, and after a person
+    rejected it (kept, for comparison with its redo)."""
+    return bool(job.output_key) and (job.status in ("succeeded", "awaiting_review") or job.review == "rejected")
 
 
 class ReferenceCandidate(BaseModel):
@@ -212,6 +233,8 @@ class JobForm(_Request):
     reference_id: str | None = Field(None, pattern=ID_PATTERN)
     reference_mode: ReferenceMode | None = None
     output_format: OutputFormat = "png"
+    colourize: bool = Field(True, description="false: restore only and keep the photo grey")
+    mark: bool = Field(False, description="a visible corner label on the result (access copies)")
 
     @model_validator(mode="after")
     def _one_reference(self, info: ValidationInfo) -> JobForm:
@@ -240,6 +263,10 @@ class BatchOptions(_Request):
     reference_id: Text | None = Field(None, pattern=ID_PATTERN, description="required for reference_mode=manual")
     output_format: OutputFormat = "png"
     working_size: int | None = Field(None, ge=32, le=4096, description="colourization resolution (short side)")
+    colourize: StrictBool = Field(True, description="false: restore only and keep the photos grey")
+    mark: StrictBool = Field(False, description="a visible corner label on each result (access copies)")
+    review: ReviewMode = Field("none", description="which results wait for a person's decision: none, those the "
+                                                   "report flags, or all")
 
 
 class BatchCreate(_Request):
@@ -364,6 +391,12 @@ class SubmitRequest(_Request):
         max_length=100_000,
         description="names uploaded through presigned URLs that must all be present; default: every upload",
     )
+    digests: dict[Text, Text] | None = Field(
+        None,
+        max_length=100_000,
+        description="the SHA-256 of files by name, as `sha-256=:<base64>:` (RFC 9530) or hex; each is verified "
+                    "(422 `digest_mismatch`)",
+    )
 
 
 class SubmitOut(BaseModel):
@@ -372,6 +405,29 @@ class SubmitOut(BaseModel):
     archives: int = Field(0, description="presigned .zip uploads handed to the ingest task by this call; "
                                          "their photos become jobs of this batch before it can finish")
     rejected: list[Rejected] = Field(default_factory=list)
+
+
+class JobCancelled(BaseModel):
+    job: JobOut
+    stopping: bool = Field(description="true while a running job is on its way to its next safe point")
+
+
+class ReviewRequest(_Request):
+    decision: Literal["approve", "reject", "redo"]
+    note: Text | None = Field(None, max_length=4000, description="why; kept with the decision")
+    reference_id: Text | None = Field(None, pattern=ID_PATTERN, description="redo only: the colour reference of "
+                                                                            "the new attempt")
+
+    @model_validator(mode="after")
+    def _reference_for_redo(self) -> ReviewRequest:
+        if self.reference_id and self.decision != "redo":
+            raise ValueError("reference_id is only taken with decision 'redo'")
+        return self
+
+
+class ReviewOut(BaseModel):
+    job: JobOut
+    redo: JobOut | None = Field(None, description="the new attempt a redo queued")
 
 
 # --- references ---------------------------------------------------------------------------------
@@ -454,13 +510,19 @@ JOB_UPLOAD_BODY = multipart_body(
         "reference": _binary("optional colour reference photo; added to the tenant's corpus and used for this job"),
         "reference_id": {"type": "string", "pattern": ID_PATTERN, "description": "a reference of the corpus"},
         "reference_mode": {"type": "string", "enum": ["auto", "manual", "none"]},
-        "output_format": {"type": "string", "enum": ["png", "jpeg", "tiff16"]},
+        "output_format": {"type": "string", "enum": ["png", "jpeg", "tiff16", "jp2"]},
+        "colourize": {"type": "boolean", "default": True, "description": "false: restore only, keep it grey"},
+        "mark": {"type": "boolean", "default": False, "description": "a visible corner label on the result"},
     },
     ["file"],
 )
 
 PHOTOS_UPLOAD_BODY = multipart_body(
-    {"files": {"type": "array", "items": _binary("a photo"), "description": "one or many photos"}},
+    {
+        "files": {"type": "array", "items": _binary("a photo"), "description": "one or many photos"},
+        "digests": {"type": "string", "description": "JSON object: file name -> its SHA-256 as `sha-256=:<base64>:` "
+                                                      "or hex; each named file is verified"},
+    },
     ["files"],
 )
 

@@ -13,9 +13,12 @@ happens in the worker, which records the same error codes if something deeper is
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import posixpath
+import re
 import uuid
 import warnings
 import zipfile
@@ -400,6 +403,73 @@ def take_fields(form: MultipartForm, allowed: tuple[str, ...]) -> dict[str, str]
     if unknown:
         raise ApiError("validation_error", f"unexpected form field(s) {unknown}; allowed: {list(allowed)}")
     return {k: v.strip() for k, v in form.fields.items() if v.strip()}
+
+
+# --------------------------------------------------------------------------- client digests (fixity)
+
+_HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA256_MEMBER = re.compile(r"^\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):\s*$")
+
+
+def parse_digest(value: str, what: str) -> str:
+    """A client's SHA-256 as lowercase hex: RFC 9530's ``sha-256=:<base64>:`` (other algorithms of the
+    list are ignored) or plain hex; 422 ``validation_error`` naming ``what`` for anything else."""
+    if _HEX_DIGEST.match(value.strip()):
+        return value.strip().lower()
+    for member in value.split(","):
+        match = _SHA256_MEMBER.match(member)
+        if match is None:
+            continue
+        try:
+            raw = base64.b64decode(match.group(1), validate=True)
+        except binascii.Error:
+            raw = b""
+        if len(raw) == 32:
+            return raw.hex()
+    raise ApiError("validation_error", f"{what}: give the SHA-256 as 'sha-256=:<base64>:' (RFC 9530) or 64 hex "
+                                       f"digits, got {value[:100]!r}")
+
+
+def content_digest(sha256_hex: str) -> str:
+    """The ``Content-Digest`` header value (RFC 9530) of bytes whose SHA-256 is ``sha256_hex``."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode('ascii')}:"
+
+
+def digests_field(form: MultipartForm) -> dict[str, str]:
+    """The ``digests`` form field of a multipart upload: a JSON object of file name -> digest."""
+    raw = form.fields.get("digests", "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ApiError("validation_error", f"digests: not JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ApiError("validation_error", "digests: send a JSON object of file name -> digest")
+    return value
+
+
+def verify_digests(files: list[StagedFile], digests: dict[str, str], *, key=lambda name: name) -> None:
+    """Check each file named in ``digests`` against its SHA-256 before anything is stored: 422
+    ``digest_mismatch`` naming the first that differs, ``validation_error`` for a name no file has.
+    ``key`` maps a file's name to the form the client's names take (e.g. the stored, sanitised name)."""
+    expected = {key(name): parse_digest(value, f"digests[{name!r}]") for name, value in digests.items()}
+    present = {key(f.name) for f in files}
+    unknown = sorted(set(expected) - present)
+    if unknown:
+        raise ApiError("validation_error", f"digests name file(s) that were not sent: {unknown[:10]}")
+    for staged in files:
+        want = expected.get(key(staged.name))
+        if want is not None:
+            check_digest(staged, want)
+
+
+def check_digest(staged: StagedFile, expected_hex: str) -> None:
+    """422 ``digest_mismatch`` unless the file's SHA-256 is ``expected_hex``."""
+    if staged.sha256 != expected_hex:
+        raise ApiError("digest_mismatch", f"{staged.name}: the client's SHA-256 is {expected_hex}, the bytes "
+                                          f"received hash to {staged.sha256}; nothing was stored",
+                       details={"name": staged.name, "expected": expected_hex, "received": staged.sha256})
 
 
 # --------------------------------------------------------------------------- storage

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.counts import counts_of, note_move, status_counts
@@ -24,14 +25,18 @@ from db.models import (
     BATCH_FINISHED,
     BATCH_OPEN,
     BATCH_SUBMITTED,
-    JOB_ACTIVE,
+    EVENT_CANCEL,
     JOB_CANCELLED,
     JOB_QUEUED,
     JOB_STATUSES,
     JOB_TERMINAL,
+    JOB_UNSETTLED,
+    OUTCOME_SUCCESS,
+    REVIEW_STATES,
     Archive,
     Batch,
     BatchCounts,
+    IdempotencyKeyReused,
     InvalidOptions,
     InvalidTransition,
     Job,
@@ -67,8 +72,13 @@ def create_batch(
     name: str,
     options: Mapping[str, Any] | None = None,
     webhook_url: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Batch:
-    """A new open batch; options are validated and completed with defaults."""
+    """A new open batch; options are validated and completed with defaults.
+
+    With ``idempotency_key`` use :func:`create_batch_once` instead, which answers a repeated key with
+    the batch its first request made.
+    """
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise InvalidOptions("batch name must be 1 to 200 characters")
@@ -87,11 +97,49 @@ def create_batch(
         webhook_url=webhook_url,
         total_jobs=0,
         created_at=utcnow(),
+        idempotency_key=idempotency_key,
     )
     s.add(batch)
     s.add(BatchCounts(batch_id=batch.id))
     s.flush()
     return batch
+
+
+def create_batch_once(
+    s: Session,
+    tenant_id: str,
+    idempotency_key: str,
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    webhook_url: str | None = None,
+) -> tuple[Batch, bool]:
+    """The batch a tenant's ``Idempotency-Key`` names, created now if it is new; ``(batch, created)``.
+
+    Two requests with one key racing both try the insert: the unique ``(tenant_id, idempotency_key)``
+    lets one win, and the other (its savepoint rolled back) reads the winner's batch. A key reused for a
+    different name, options or webhook raises ``IdempotencyKeyReused``.
+    """
+    opts = normalize_options(options)
+    existing = _batch_by_key(s, tenant_id, idempotency_key)
+    if existing is None:
+        try:
+            with s.begin_nested():
+                return create_batch(s, tenant_id, name, opts, webhook_url, idempotency_key), True
+        except IntegrityError:
+            existing = _batch_by_key(s, tenant_id, idempotency_key)
+            if existing is None:
+                raise
+    if (existing.name, dict(existing.options or {}), existing.webhook_url) != ((name or "").strip(), opts, webhook_url):
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {idempotency_key!r} was used for batch {existing.id} with another name, options or "
+            "webhook_url; send a new key for a new batch"
+        )
+    return existing, False
+
+
+def _batch_by_key(s: Session, tenant_id: str, key: str) -> Batch | None:
+    return s.scalar(select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == key)
+                    .execution_options(populate_existing=True))
 
 
 def get_batch(s: Session, tenant_id: str, batch_id: str) -> Batch | None:
@@ -184,14 +232,20 @@ def list_batch_jobs(
     status: str | None = None,
     cursor: str | None = None,
     limit: int = 100,
+    review: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """One page of a batch's jobs in creation order, and the cursor of the next page (or ``None``)."""
+    """One page of a batch's jobs in creation order, and the cursor of the next page (or ``None``);
+    ``status`` and ``review`` (``pending`` lists what waits for a person) narrow it."""
     if status is not None and status not in JOB_STATUSES:
         raise InvalidOptions(f"status must be one of {', '.join(JOB_STATUSES)}")
+    if review is not None and review not in REVIEW_STATES:
+        raise InvalidOptions(f"review must be one of {', '.join(REVIEW_STATES)}")
     limit = max(1, min(limit, MAX_PAGE))
     stmt = select(Job).where(Job.tenant_id == tenant_id, Job.batch_id == batch_id)
     if status is not None:
         stmt = stmt.where(Job.status == status)
+    if review is not None:
+        stmt = stmt.where(Job.review == review)
     if cursor:
         after_at, after_id = decode_cursor(cursor)
         # The redundant ``>=`` lets both databases seek the (batch_id, created_at, id) index to the
@@ -207,7 +261,7 @@ def list_batch_jobs(
     return jobs, encode_cursor(jobs[-1].created_at, jobs[-1].id)
 
 
-def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
+def cancel_batch(s: Session, tenant_id: str, batch_id: str, *, actor: str | None = None) -> int:
     """Cancel a batch: its queued jobs become cancelled (running ones finish); returns how many.
 
     ``finished_at`` stays empty until the running jobs and pending archives have ended too:
@@ -226,7 +280,9 @@ def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
             .execution_options(synchronize_session="fetch")
         )
     )
-    record_events(s, ids, JOB_QUEUED, JOB_CANCELLED, detail="batch cancelled", at=now)
+    record_events(s, ids, JOB_QUEUED, JOB_CANCELLED, detail="batch cancelled", at=now, actor=actor)
+    record_events(s, ids, JOB_QUEUED, JOB_CANCELLED, detail="batch cancelled before the job ran", at=now,
+                  kind=EVENT_CANCEL, outcome=OUTCOME_SUCCESS, actor=actor)
     note_move(s, batch_id, JOB_QUEUED, JOB_CANCELLED, len(ids))
     s.execute(
         update(Batch)
@@ -240,12 +296,13 @@ def cancel_batch(s: Session, tenant_id: str, batch_id: str) -> int:
 def finish_batches(s: Session) -> list[Batch]:
     """Finish the batches that nothing can change any more; returns those this call finished.
 
-    A submitted batch with no active job and no archive left to unpack becomes ``finished``; a cancelled
+    A submitted batch with no active job, none awaiting review and no archive left to unpack becomes
+    ``finished``; a cancelled
     batch whose running jobs and pending archives have all ended keeps its status and gets its
     ``finished_at``. Either way the caller writes the report and calls the webhook. One compare-and-set
     statement per kind, so two maintenance runs never both finish (and both notify) the same batch.
     """
-    active = exists().where(Job.batch_id == Batch.id, Job.status.in_(JOB_ACTIVE))
+    active = exists().where(Job.batch_id == Batch.id, Job.status.in_(JOB_UNSETTLED))
     unpacking = exists().where(Archive.batch_id == Batch.id, Archive.status == ARCHIVE_PENDING)
     now = utcnow()
     ids = list(
@@ -282,6 +339,7 @@ __all__ = [
     "batch_status_counts",
     "cancel_batch",
     "create_batch",
+    "create_batch_once",
     "finish_batches",
     "get_batch",
     "get_batch_any_tenant",

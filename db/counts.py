@@ -17,10 +17,12 @@ from typing import Any
 from sqlalchemy import case, event, select, update
 from sqlalchemy.orm import Session
 
-from db.models import JOB_FAILED, JOB_STATUSES, JOB_SUCCEEDED, BatchCounts
+from db.models import JOB_AWAITING_REVIEW, JOB_FAILED, JOB_STATUSES, JOB_SUCCEEDED, BatchCounts
 
 _MOVES = "pikfix_batch_moves"
-RAN_STATUSES = (JOB_SUCCEEDED, JOB_FAILED)
+# A result awaiting review ran as much as one that succeeded: it counts in the throughput, and the
+# decision that moves it on (succeeded, or failed when rejected) does not count it twice.
+RAN_STATUSES = (JOB_SUCCEEDED, JOB_FAILED, JOB_AWAITING_REVIEW)
 
 
 @dataclass

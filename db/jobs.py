@@ -21,7 +21,10 @@ from sqlalchemy.orm import Session
 
 from db.counts import RAN_STATUSES, note_move
 from db.models import (
+    EVENT_INGESTION,
+    EVENT_STATUS,
     JOB_ACTIVE,
+    JOB_AWAITING_REVIEW,
     JOB_CANCELLED,
     JOB_FAILED,
     JOB_QUEUED,
@@ -29,10 +32,13 @@ from db.models import (
     JOB_STATUSES,
     JOB_SUCCEEDED,
     JOB_TERMINAL,
+    OUTCOME_SUCCESS,
     OUTPUT_FORMATS,
     REF_DELETED,
     REFERENCE_MODES,
     REFERENCE_SOURCES,
+    REVIEW_MODES,
+    REVIEW_PENDING,
     TOO_MANY_ATTEMPTS,
     Batch,
     InvalidOptions,
@@ -82,7 +88,7 @@ class ClaimResult:
 def normalize_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate batch/job options and fill defaults; unknown keys are refused (typos fail loudly)."""
     opts = dict(options or {})
-    known = {"reference_mode", "reference_id", "output_format", "working_size"}
+    known = {"reference_mode", "reference_id", "output_format", "working_size", "colourize", "mark", "review"}
     unknown = sorted(set(opts) - known)
     if unknown:
         raise InvalidOptions(f"unknown option(s): {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
@@ -102,7 +108,22 @@ def normalize_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     size = opts.get("working_size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 4096):
         raise InvalidOptions(f"working_size must be an integer in [32, 4096], got {size!r}")
-    return {"reference_mode": mode, "reference_id": ref_id, "output_format": fmt, "working_size": size}
+    colourize, mark = _flag(opts, "colourize", True), _flag(opts, "mark", False)
+    review = opts.get("review") or "none"
+    if review not in REVIEW_MODES:
+        raise InvalidOptions(f"review must be one of {', '.join(REVIEW_MODES)}, got {review!r}")
+    return {"reference_mode": mode, "reference_id": ref_id, "output_format": fmt, "working_size": size,
+            "colourize": colourize, "mark": mark, "review": review}
+
+
+def _flag(opts: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A yes/no option: a real boolean (JSON true/false), never a string that merely looks like one."""
+    value = opts.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidOptions(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def check_reference_owner(s: Session, tenant_id: str, options: Mapping[str, Any]) -> None:
@@ -127,8 +148,15 @@ def record_events(
     worker: str | None = None,
     detail: str | None = None,
     at: datetime | None = None,
+    kind: str = EVENT_STATUS,
+    outcome: str | None = None,
+    actor: str | None = None,
 ) -> None:
-    """Append one audit row per job; call in the transaction that made the change."""
+    """Append one audit row per job; call in the transaction that made the change.
+
+    ``kind`` says what happened (a status change, a fixity check, a review decision …), ``actor`` who
+    did it: a worker's name (the default when a worker acts) or ``api:<key prefix>`` for a person.
+    """
     at = at or utcnow()
     rows = [
         {
@@ -138,6 +166,9 @@ def record_events(
             "to_status": to_status,
             "worker": worker,
             "detail": detail,
+            "kind": kind,
+            "outcome": outcome,
+            "actor": actor or worker,
         }
         for j in job_ids
     ]
@@ -156,6 +187,9 @@ def _transition(
     worker: str | None = None,
     detail: str | None = None,
     returning: Sequence[Any] = (Job.id,),
+    actor: str | None = None,
+    kind: str = EVENT_STATUS,
+    outcome: str | None = None,
 ) -> Any | None:
     """Compare-and-set one job from ``from_status``; on success write the event, count the move in its
     batch (``db.counts``) and return the row."""
@@ -172,9 +206,8 @@ def _transition(
     )
     row = s.execute(stmt).first()
     if row is not None:
-        record_events(
-            s, [job_id], from_status, to_status, worker=worker, detail=detail, at=values.get("updated_at")
-        )
+        record_events(s, [job_id], from_status, to_status, worker=worker, detail=detail,
+                      at=values.get("updated_at"), kind=kind, outcome=outcome, actor=actor)
         ran = to_status in RAN_STATUSES and row._started is not None and row._finished is not None
         note_move(s, row._batch, from_status, to_status, ran=int(ran) - int(had_run),
                   started_at=row._started if ran else None, finished_at=row._finished if ran else None)
@@ -201,11 +234,14 @@ def create_job(
     options: Mapping[str, Any] | None = None,
     *,
     job_id: str | None = None,
+    redo_of: str | None = None,
+    actor: str | None = None,
 ) -> Job:
-    """Insert a queued job (and its creation event).
+    """Insert a queued job (and its creation event, plus an ingestion event naming the original's digest).
 
     ``options`` default to the batch's. ``job_id`` lets the caller choose the id beforehand, so
-    the original can be stored under a key derived from it before the row exists.
+    the original can be stored under a key derived from it before the row exists. ``redo_of`` links a
+    new attempt made in review to the job it redoes.
     """
     if batch_id is not None:
         batch = s.get(Batch, batch_id)
@@ -229,13 +265,19 @@ def create_job(
         output_format=opts["output_format"],
         reference_mode=opts["reference_mode"],
         reference_id=opts["reference_id"],
+        colourize=opts["colourize"],
+        mark=opts["mark"],
+        redo_of=redo_of,
         created_at=now,
         queued_at=now,
         updated_at=now,
     )
     s.add(job)
     s.flush()
-    record_events(s, [job.id], None, JOB_QUEUED, at=now)
+    record_events(s, [job.id], None, JOB_QUEUED, at=now, actor=actor)
+    if input_sha256 is not None:
+        record_events(s, [job.id], None, JOB_QUEUED, at=now, kind=EVENT_INGESTION, outcome=OUTCOME_SUCCESS,
+                      actor=actor, detail=f"original {input_name or input_key}: sha256 {input_sha256}")
     note_move(s, batch_id, None, JOB_QUEUED)
     return job
 
@@ -403,21 +445,27 @@ def complete_job(
     metrics: Mapping[str, float] | None = None,
     references: Sequence[Mapping[str, Any]] | None = None,
     worker: str | None = None,
+    output_sha256: str | None = None,
+    needs_review: bool = False,
 ) -> bool:
-    """Record a successful run; ``False`` (and nothing written) unless this is still the live attempt.
+    """Record a successful run; ``False`` (and nothing written) unless this is still the live attempt
+    and nobody asked to cancel it meanwhile.
 
     ``references`` are dicts with ``reference_id, rank, total, texture, structure, used, source``;
     the one with ``used=True`` becomes the job's ``reference_id``. Metric and reference rows are
-    upserts, so even a replayed call cannot duplicate them.
+    upserts, so even a replayed call cannot duplicate them. With ``needs_review`` the job waits in
+    ``awaiting_review`` (review ``pending``) for a person's decision instead of succeeding.
     """
     now = utcnow()
     row = _transition(
         s,
         job_id,
         JOB_RUNNING,
-        JOB_SUCCEEDED,
+        JOB_AWAITING_REVIEW if needs_review else JOB_SUCCEEDED,
         {
             "output_key": output_key,
+            "output_sha256": output_sha256,
+            "review": REVIEW_PENDING if needs_review else None,
             "model_name": model_name,
             "checkpoint_sha256": checkpoint_sha256,
             "device": device,
@@ -428,7 +476,7 @@ def complete_job(
             "error_code": None,
             "error_message": None,
         },
-        extra=(Job.attempts == attempt,),
+        extra=(Job.attempts == attempt, Job.cancel_requested_at.is_(None)),
         worker=worker,
         detail=f"attempt {attempt}",
         returning=(Job.started_at,),
@@ -495,6 +543,10 @@ def retry_job(s: Session, tenant_id: str, job_id: str) -> Job:
             "error_code": None,
             "error_message": None,
             "output_key": None,
+            "output_sha256": None,
+            "review": None,
+            "review_note": None,
+            "cancel_requested_at": None,
             "worker": None,
             "queued_at": now,
             "sent_at": None,
@@ -703,8 +755,13 @@ def job_reference_rows(s: Session, job_id: str) -> list[JobReference]:
     )
 
 
-def job_events(s: Session, job_id: str) -> list[JobEvent]:
-    return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+def job_events(s: Session, job_id: str, kinds: Sequence[str] | None = (EVENT_STATUS,)) -> list[JobEvent]:
+    """The job's events in order: its status changes by default, ``kinds=None`` for every kind
+    (fixity checks, ingestion, review decisions, cancel requests too)."""
+    stmt = select(JobEvent).where(JobEvent.job_id == job_id)
+    if kinds is not None:
+        stmt = stmt.where(JobEvent.kind.in_(list(kinds)))
+    return list(s.scalars(stmt.order_by(JobEvent.id)))
 
 
 def jobs_by_status(s: Session) -> dict[str, int]:

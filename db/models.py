@@ -27,6 +27,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -41,9 +43,30 @@ JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED = (
     "failed",
     "cancelled",
 )
-JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+# A result waiting for a person's decision (the review gate): not active (no worker holds it), not
+# terminal (the batch cannot finish while one waits).
+JOB_AWAITING_REVIEW = "awaiting_review"
+JOB_STATUSES = (JOB_QUEUED, JOB_RUNNING, JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED, JOB_AWAITING_REVIEW)
 JOB_ACTIVE = (JOB_QUEUED, JOB_RUNNING)
 JOB_TERMINAL = (JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED)
+JOB_UNSETTLED = (*JOB_ACTIVE, JOB_AWAITING_REVIEW)  # what keeps a batch from finishing
+
+REVIEW_PENDING, REVIEW_APPROVED, REVIEW_REJECTED = "pending", "approved", "rejected"
+REVIEW_STATES = (REVIEW_PENDING, REVIEW_APPROVED, REVIEW_REJECTED)
+REVIEW_MODES = ("none", "flagged", "all")  # the batch option: which results wait for a person
+
+# What a job event records: a status change, a fixity check, the ingestion of the original, a review
+# decision or a cancel request; ``outcome`` says whether a check or step succeeded.
+EVENT_STATUS, EVENT_FIXITY, EVENT_INGESTION, EVENT_REVIEW, EVENT_CANCEL = (
+    "status",
+    "fixity",
+    "ingestion",
+    "review",
+    "cancel",
+)
+EVENT_KINDS = (EVENT_STATUS, EVENT_FIXITY, EVENT_INGESTION, EVENT_REVIEW, EVENT_CANCEL)
+OUTCOME_SUCCESS, OUTCOME_FAILURE = "success", "failure"
+EVENT_OUTCOMES = (OUTCOME_SUCCESS, OUTCOME_FAILURE)
 
 BATCH_OPEN, BATCH_SUBMITTED, BATCH_FINISHED, BATCH_CANCELLED = "open", "submitted", "finished", "cancelled"
 BATCH_STATUSES = (BATCH_OPEN, BATCH_SUBMITTED, BATCH_FINISHED, BATCH_CANCELLED)
@@ -55,11 +78,15 @@ ARCHIVE_PENDING, ARCHIVE_INGESTED, ARCHIVE_FAILED = "pending", "ingested", "fail
 ARCHIVE_STATUSES = (ARCHIVE_PENDING, ARCHIVE_INGESTED, ARCHIVE_FAILED)
 
 REFERENCE_MODES = ("auto", "manual", "none")
-OUTPUT_FORMATS = ("png", "jpeg", "tiff16")
+OUTPUT_FORMATS = ("png", "jpeg", "tiff16", "jp2")
 REFERENCE_SOURCES = ("retrieval", "manual", "fallback")
 
 # Error code written by the dead-letter rule when a job keeps failing to finish.
 TOO_MANY_ATTEMPTS = "too_many_attempts"
+# Error codes of the archival checks: storage returned other bytes than were uploaded; a person
+# rejected the result in review.
+FIXITY_FAILED = "fixity_failed"
+REJECTED_IN_REVIEW = "rejected_in_review"
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -87,6 +114,10 @@ class JobStillRunning(InvalidTransition):
 
 class InvalidOptions(DatabaseError, ValueError):
     """Batch or job options outside the allowed values."""
+
+
+class IdempotencyKeyReused(DatabaseError, ValueError):
+    """An ``Idempotency-Key`` already named a batch created from a different request body."""
 
 
 class InvalidCursor(DatabaseError, ValueError):
@@ -186,6 +217,9 @@ class Batch(Base):
     __tablename__ = "batches"
     __table_args__ = (
         CheckConstraint(_status_check("status", BATCH_STATUSES), name="status"),
+        # A client's retried create answers the batch its first try made (``Idempotency-Key``). An index
+        # rather than a constraint: SQLite adds one without rebuilding the table.
+        Index("uq_batches_tenant_id_idempotency_key", "tenant_id", "idempotency_key", unique=True),
         Index("ix_batches_tenant_id_created_at", "tenant_id", "created_at"),
         Index("ix_batches_status", "status"),
     )
@@ -201,6 +235,7 @@ class Batch(Base):
     submitted_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     report_key: Mapped[str | None] = mapped_column(String(1024))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
 
 
 class BatchCounts(Base):
@@ -216,6 +251,7 @@ class BatchCounts(Base):
     succeeded: Mapped[int] = mapped_column(default=0)
     failed: Mapped[int] = mapped_column(default=0)
     cancelled: Mapped[int] = mapped_column(default=0)
+    awaiting_review: Mapped[int] = mapped_column(default=0, server_default="0")
     ran: Mapped[int] = mapped_column(default=0)
     first_started_at: Mapped[datetime | None]
     last_finished_at: Mapped[datetime | None]
@@ -274,6 +310,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(_status_check("status", JOB_STATUSES), name="status"),
+        CheckConstraint(f"review IS NULL OR {_status_check('review', REVIEW_STATES)}", name="review"),
         Index("ix_jobs_batch_id_status", "batch_id", "status"),
         Index("ix_jobs_status_sent_at", "status", "sent_at"),
         Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
@@ -312,6 +349,16 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     duration_s: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Archival integrity: the result's own digest (the original's is ``input_sha256``), the options a
+    # bureau controls per job, the review gate, the link of a redo to the job it redoes, and a cancel
+    # asked for while the job ran (the worker stops at its next safe point).
+    output_sha256: Mapped[str | None] = mapped_column(String(64))
+    colourize: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    mark: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    review: Mapped[str | None] = mapped_column(String(16))
+    review_note: Mapped[str | None] = mapped_column(Text)
+    redo_of: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    cancel_requested_at: Mapped[datetime | None]
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, status={self.status!r}, attempts={self.attempts})"
@@ -346,9 +393,15 @@ class QualityMetric(Base):
 
 
 class JobEvent(Base):
-    """Audit trail: one row per job state change, written in the same transaction as the change."""
+    """Audit trail: one row per job state change, fixity check, review decision or cancel request,
+    written in the same transaction as the change. ``actor`` is who acted: a worker's name, or
+    ``api:<key prefix>`` for a person through the API."""
 
     __tablename__ = "job_events"
+    __table_args__ = (
+        CheckConstraint(_status_check("kind", EVENT_KINDS), name="kind"),
+        CheckConstraint(f"outcome IS NULL OR {_status_check('outcome', EVENT_OUTCOMES)}", name="outcome"),
+    )
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -357,3 +410,6 @@ class JobEvent(Base):
     to_status: Mapped[str] = mapped_column(String(16))
     worker: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), default=EVENT_STATUS, server_default=EVENT_STATUS)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(255))

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from click import Argument, Option
+from pikfix_client.cli import fetch_command, status_command, submit_command
 
 _PARSE_ONLY = object()  # Context.obj of parse_args: commands return their options instead of running
 
@@ -101,7 +102,9 @@ cli = click.Group(
                  Option(["--reference"], callback=_one_reference, help="one colour reference photo for every input"),
                  Option(["--references"], callback=_one_reference,
                         help="folder of colour references; the best one is retrieved per photo"),
-                 Option(["--format"], type=click.Choice(["png", "jpeg", "tiff16"]), default="png"),
+                 Option(["--format"], type=click.Choice(["png", "jpeg", "tiff16", "jp2"]), default="png"),
+                 Option(["--no-colour", "no_colour"], is_flag=True,
+                        help="restore only: keep the photos grey (16-bit where the input was), no reference"),
                  Option(["--checkpoint"], help="model checkpoint (path or s3:// URI); default: the shipped lite model"),
                  Option(["--device"], help="auto, cpu, cuda"),
                  Option(["--data-dir"], help="where the embedded database and objects live"),
@@ -149,6 +152,10 @@ cli = click.Group(
                  Option(["--port"], type=int, default=5555), Option(["--address"], default="127.0.0.1")),
     ],
 )
+
+# The bureau client's commands (a distribution of its own, without torch: client/).
+for _client_command in (submit_command, status_command, fetch_command):
+    cli.add_command(_client_command)
 
 
 def _run(argv: Sequence[str], obj: object = None) -> Any:

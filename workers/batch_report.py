@@ -49,6 +49,12 @@ def collect_report(runtime, batch_id: str) -> tuple[dict[str, Any], dict[str, di
                     "height": job.height,
                     "duration_s": job.duration_s,
                     "output_key": job.output_key,
+                    "input_sha256": job.input_sha256,
+                    "output_sha256": job.output_sha256,
+                    "review": job.review,
+                    "review_note": job.review_note,
+                    "redo_of": job.redo_of,
+                    "colourize": job.colourize,
                     "started_at": _iso(job.started_at),
                     "finished_at": _iso(job.finished_at),
                     "reference": None

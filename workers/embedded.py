@@ -112,7 +112,11 @@ def restore_command(args: SimpleNamespace) -> int:
     upgrade(runtime.database_url)
     with session_scope(runtime.database_url) as s:
         tenant_id = repo.get_or_create_tenant(s, LOCAL_TENANT).id
-    options = _prepare_references(runtime, tenant_id, args) | {"output_format": args.format}
+    options = {"output_format": args.format}
+    if getattr(args, "no_colour", False):  # restore-only: no reference is read, chosen or stored
+        options |= {"reference_mode": "none", "colourize": False}
+    else:
+        options |= _prepare_references(runtime, tenant_id, args)
 
     with session_scope(runtime.database_url) as s:
         batch_id = repo.create_batch(s, tenant_id, f"local {datetime.now(UTC):%Y-%m-%d %H:%M:%S}", options).id

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "awaiting_review")
 
 # --------------------------------------------------------------------------- review thresholds
 # Reasons, in the order they are listed for a photo.
@@ -171,6 +171,17 @@ def flag_for_review(jobs: list[dict]) -> dict[Any, list[str]]:
         if reasons:
             flags[job["id"]] = reasons
     return flags
+
+
+def review_reasons(job: dict) -> list[str]:
+    """Why one finished job would be flagged on its own figures (the review gate's ``flagged`` mode, judged
+    as the job finishes, before the rest of its batch exists): the batch-relative flags (lowest decile,
+    colourfulness outlier) need company and stay the report's. A restore-only job (``colourize`` false)
+    has no reference by design, so that is no reason."""
+    reasons = flag_for_review([job]).get(job["id"], [])
+    if job.get("colourize") is False:
+        reasons = [r for r in reasons if r != FLAG_NO_REFERENCE]
+    return reasons
 
 
 # --------------------------------------------------------------------------- summary

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -40,9 +39,11 @@ from api.schemas import (
     BatchResent,
     JobOut,
     JobPage,
+    JobStatus,
     PhotosAccepted,
     PresignedUpload,
     Rejected,
+    ReviewState,
     SubmitOut,
     SubmitRequest,
     Text,
@@ -56,15 +57,18 @@ from api.uploads import (
     StagedFile,
     archive_key,
     check_and_store_images,
+    digests_field,
     inspect_archive,
     is_archive_name,
     read_multipart,
     refuse_all,
     stage_stream,
+    take_fields,
     take_files,
+    verify_digests,
 )
 from db import repository as repo
-from db.models import Batch, InvalidTransition, NotFound
+from db.models import Batch, IdempotencyKeyReused, InvalidTransition, NotFound
 from service.netpolicy import WebhookTargetError, check_url_syntax
 from storage import ObjectNotFound, safe_filename, upload_key
 
@@ -80,6 +84,7 @@ REPORT_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 MAX_FILES_PER_REQUEST = 1000
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -123,7 +128,8 @@ def require_open_batch(ctx: ApiContext, tenant_id: str, batch_id: str) -> None:
 
 
 def _create_jobs(ctx: ApiContext, tenant_id: str, batch_id: str, images: list[CheckedImage],
-                 submit: bool = False, archives: Sequence[tuple[str, str, int]] = ()) -> tuple[list[str], list[str]]:
+                 submit: bool = False, archives: Sequence[tuple[str, str, int]] = (),
+                 actor: str | None = None) -> tuple[list[str], list[str]]:
     """Queue one job per stored image, record ``(name, key, bytes)`` archives as pending and optionally
     close the batch, in one transaction; returns the job and archive ids."""
     with ctx.session() as s:
@@ -135,7 +141,7 @@ def _create_jobs(ctx: ApiContext, tenant_id: str, batch_id: str, images: list[Ch
             raise ApiError("batch_not_open", str(exc)) from exc
         ids = [
             repo.create_job(s, tenant_id, batch_id, img.key, img.staged.sha256, img.staged.name,
-                            img.staged.size).id
+                            img.staged.size, actor=actor).id
             for img in images
         ]
         archive_ids = [repo.add_archive(s, tenant_id, batch_id, name, key, size).id for name, key, size in archives]
@@ -155,12 +161,40 @@ def _jobs_out(ctx: ApiContext, tenant_id: str, job_ids: list[str]) -> list[JobOu
 # --------------------------------------------------------------------------- create, read, list
 
 
-@router.post("", status_code=201, response_model=BatchOut, responses=error_responses(401, 422),
+@router.post("", status_code=201, response_model=BatchOut,
+             responses={200: {"model": BatchOut, "description": "the batch an earlier request with this "
+                                                                "`Idempotency-Key` created"},
+                        **error_responses(401, 422)},
              summary="Create a batch")
 def create_batch(
-    body: BatchCreate, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+    body: BatchCreate,
+    response: Response,
+    principal: Principal = Depends(require_tenant),
+    ctx: ApiContext = Depends(get_context),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY_PATTERN,
+        description="1 to 128 printable ASCII characters; a repeated key answers 200 with the batch it created",
+    ),
 ) -> BatchOut:
-    """A new open batch; its options apply to every photo added to it."""
+    """A new open batch; its options apply to every photo added to it. With an ``Idempotency-Key`` a
+    client may resend the request safely: the first answer is 201, each repeat 200 with the same batch,
+    and 422 ``idempotency_key_reused`` if the body differs."""
+    options = _checked_options(ctx, principal, body)
+    with ctx.session() as s:
+        if idempotency_key is None:
+            return batch_out(s, repo.create_batch(s, principal.tenant_id, body.name, options, body.webhook_url))
+        try:
+            batch, created = repo.create_batch_once(s, principal.tenant_id, idempotency_key, body.name, options,
+                                                    body.webhook_url)
+        except IdempotencyKeyReused as exc:
+            raise ApiError("idempotency_key_reused", str(exc)) from exc
+        if not created:
+            response.status_code = 200
+        return batch_out(s, batch)
+
+
+def _checked_options(ctx: ApiContext, principal: Principal, body: BatchCreate) -> dict:
+    """The batch's options once the reference and webhook they name are acceptable (422 otherwise)."""
     options = body.options.model_dump()
     if options["reference_mode"] == "manual" and not options["reference_id"]:
         raise ApiError("validation_error", "reference_mode 'manual' needs a reference_id")
@@ -172,9 +206,7 @@ def create_batch(
             check_url_syntax(body.webhook_url, ctx.settings.webhook_allow_private)
         except WebhookTargetError as exc:
             raise ApiError("webhook_url_not_allowed", str(exc)) from exc
-    with ctx.session() as s:
-        batch = repo.create_batch(s, principal.tenant_id, body.name, options, body.webhook_url)
-        return batch_out(s, batch)
+    return options
 
 
 @router.get("", response_model=BatchPage, responses=error_responses(401, 422), summary="List batches")
@@ -207,7 +239,8 @@ def get_batch(
             summary="A batch's jobs, page by page")
 def list_jobs(
     batch_id: str,
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = Query(None),
+    status: JobStatus | None = Query(None),
+    review: ReviewState | None = Query(None, description="`pending`: the results waiting for a decision"),
     cursor: Text | None = Query(None, max_length=200),
     limit: int = Query(100, ge=1, le=1000),
     principal: Principal = Depends(require_tenant),
@@ -218,19 +251,21 @@ def list_jobs(
     with ctx.session(readonly=True) as s:
         if repo.get_batch(s, principal.tenant_id, batch_id) is None:
             raise not_found("batch")
-        jobs, next_cursor = repo.list_batch_jobs(s, principal.tenant_id, batch_id, status, cursor, limit)
+        jobs, next_cursor = repo.list_batch_jobs(s, principal.tenant_id, batch_id, status, cursor, limit,
+                                                 review=review)
         return JobPage(items=[JobOut.from_row(j) for j in jobs], next_cursor=next_cursor)
 
 
 # --------------------------------------------------------------------------- uploads
 
 
-def _store_photos(ctx: ApiContext, principal: Principal, batch_id: str,
-                  files: list[StagedFile]) -> tuple[list[str], list[Rejected]]:
+def _store_photos(ctx: ApiContext, principal: Principal, batch_id: str, files: list[StagedFile],
+                  digests: dict[str, str]) -> tuple[list[str], list[Rejected]]:
+    verify_digests(files, digests)  # before anything is stored
     images, rejected = check_and_store_images(ctx.store, principal.tenant_id, files, ctx.settings.max_image_pixels)
     if not images:
         raise refuse_all(rejected)
-    return _create_jobs(ctx, principal.tenant_id, batch_id, images)[0], rejected
+    return _create_jobs(ctx, principal.tenant_id, batch_id, images, actor=principal.actor)[0], rejected
 
 
 @router.post(
@@ -249,13 +284,17 @@ async def add_photos(
 ) -> PhotosAccepted:
     """Multipart ``files`` (one or many). Each good photo becomes a queued job; files that are not
     usable images are listed under ``rejected`` with their code. If none is usable, the answer is the
-    first file's error (415/422)."""
+    first file's error (415/422). An optional ``digests`` field (JSON: file name -> SHA-256, as
+    ``sha-256=:<base64>:`` or hex) is checked first: 422 ``digest_mismatch`` naming the file, and nothing
+    of the request is kept."""
     await run_in_threadpool(require_open_batch, ctx, principal.tenant_id, batch_id)
     limits = MultipartLimits(max_file_bytes=ctx.settings.max_upload_bytes, max_files=MAX_FILES_PER_REQUEST,
-                             max_fields=0)
+                             max_fields=1)
     with await read_multipart(request, limits) as form:
         files = take_files(form, ("files", "file"))
-        job_ids, rejected = await run_in_threadpool(_store_photos, ctx, principal, batch_id, files)
+        take_fields(form, ("digests",))
+        job_ids, rejected = await run_in_threadpool(_store_photos, ctx, principal, batch_id, files,
+                                                    digests_field(form))
     await run_in_threadpool(ctx.dispatch, principal.tenant_id)
     jobs = await run_in_threadpool(_jobs_out, ctx, principal.tenant_id, job_ids)
     return PhotosAccepted(jobs=jobs, rejected=rejected)
@@ -375,7 +414,8 @@ def _staged_uploads(ctx: ApiContext, tenant_id: str, batch_id: str,
     return [(present[n], n) for n in wanted]
 
 
-def _submit(ctx: ApiContext, principal: Principal, batch_id: str, names: list[str] | None) -> SubmitOut:
+def _submit(ctx: ApiContext, principal: Principal, batch_id: str, names: list[str] | None,
+            digests: dict[str, str]) -> SubmitOut:
     tenant_id = principal.tenant_id
     require_open_batch(ctx, tenant_id, batch_id)
     uploads = _staged_uploads(ctx, tenant_id, batch_id, names)
@@ -389,17 +429,19 @@ def _submit(ctx: ApiContext, principal: Principal, batch_id: str, names: list[st
                 continue
             try:
                 with ctx.store.open_stream(key) as source:
-                    staged = stage_stream(source, name, ctx.settings.max_upload_bytes)
+                    staged_files.append(stage_stream(source, name, ctx.settings.max_upload_bytes))
             except ObjectNotFound:
                 continue  # deleted between listing and reading
             except ApiError as exc:  # over the size limit
                 rejected.append(Rejected(name=name, code=exc.code, message=exc.message))
-                continue
-            staged_files.append(staged)
+        # Every digest is checked before anything is stored; the uploads stay for the client to fix.
+        verify_digests(staged_files, {n: d for n, d in digests.items() if not is_archive_name(n)}, key=safe_filename)
+        for staged in staged_files:
             good, bad = check_and_store_images(ctx.store, tenant_id, [staged], ctx.settings.max_image_pixels)
             images += good
             rejected += bad
-        _, archive_ids = _create_jobs(ctx, tenant_id, batch_id, images, submit=True, archives=archives)
+        _, archive_ids = _create_jobs(ctx, tenant_id, batch_id, images, submit=True, archives=archives,
+                                      actor=principal.actor)
     finally:
         for staged in staged_files:
             staged.close()
@@ -431,8 +473,10 @@ def submit_batch(
 ) -> SubmitOut:
     """Every object uploaded through presigned URLs becomes a job (verified to exist, hashed and
     checked like any upload); the batch stops taking photos and finishes when its last job does.
-    With ``files``, each named upload must be present (422 ``upload_missing`` otherwise)."""
-    return _submit(ctx, principal, batch_id, body.files if body else None)
+    With ``files``, each named upload must be present (422 ``upload_missing`` otherwise). With ``digests``
+    (file name -> SHA-256, ``sha-256=:<base64>:`` or hex) each named photo is verified first: 422
+    ``digest_mismatch`` naming the file, nothing registered, the uploads left in place."""
+    return _submit(ctx, principal, batch_id, body.files if body else None, (body.digests or {}) if body else {})
 
 
 # --------------------------------------------------------------------------- cancel and report
@@ -453,7 +497,8 @@ def cancel_batch(
             raise not_found("batch")
         if batch.status == "finished":
             raise ApiError("batch_finished", "the batch has finished; there is nothing left to cancel")
-        cancelled = repo.cancel_batch(s, principal.tenant_id, batch_id) if batch.status != "cancelled" else 0
+        cancelled = (repo.cancel_batch(s, principal.tenant_id, batch_id, actor=principal.actor)
+                     if batch.status != "cancelled" else 0)
     if ctx.eager:  # no beat process: settle it (report, webhook) here if nothing is left running
         ctx.finish_batches()
     return BatchCancelled(batch=load_batch(ctx, principal.tenant_id, batch_id), cancelled_jobs=cancelled)

@@ -1,11 +1,12 @@
-"""Single jobs: upload one photo, follow it, download its result, retry or resend it."""
+"""Single jobs: upload one photo, follow it, download its result, retry, resend or cancel it, and decide
+on a result that waits for review."""
 
 from __future__ import annotations
 
 from functools import partial
 from pathlib import PurePosixPath
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -13,11 +14,23 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ApiContext, Principal, checked_id, get_context, require_tenant
 from api.errors import ApiError, error_responses, input_error, not_found
 from api.routers.references import require_colour_reference
-from api.schemas import JOB_UPLOAD_BODY, JobDetail, JobForm, JobOut
+from api.schemas import (
+    JOB_UPLOAD_BODY,
+    JobCancelled,
+    JobDetail,
+    JobForm,
+    JobOut,
+    ReviewOut,
+    ReviewRequest,
+    has_result,
+)
 from api.uploads import (
     MultipartLimits,
     StagedFile,
+    check_digest,
+    content_digest,
     inspect_image,
+    parse_digest,
     read_multipart,
     store_image,
     take_fields,
@@ -31,12 +44,12 @@ from storage import ObjectNotFound
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-JOB_FIELDS = ("reference_id", "reference_mode", "output_format")
+JOB_FIELDS = ("reference_id", "reference_mode", "output_format", "colourize", "mark")
 STREAM_CHUNK = 1024 * 1024
 RESULT_URL_EXPIRES_S = 900
 
 
-def job_options(fields: dict[str, str], reference_upload: bool) -> dict[str, str | None]:
+def job_options(fields: dict[str, str], reference_upload: bool) -> dict[str, str | bool | None]:
     """Options of a single job from its form fields; 422 naming the first bad field or contradiction."""
     try:
         form = JobForm.model_validate(fields, context={"reference_upload": reference_upload})
@@ -62,11 +75,15 @@ def _create_job(
     principal: Principal,
     photo: StagedFile,
     reference: StagedFile | None,
-    options: dict[str, str | None],
+    options: dict[str, str | bool | None],
+    digest: str | None = None,
 ) -> tuple[str, list[str]]:
-    """Check and store the photo (and reference), then insert the job; returns it and references to index."""
+    """Check the photo against the client's digest, check and store it (and the reference), then insert
+    the job; returns it and references to index."""
     tenant_id = principal.tenant_id
     max_pixels = ctx.settings.max_image_pixels
+    if digest is not None:
+        check_digest(photo, digest)
     try:
         info = inspect_image(photo, max_pixels)
     except PikFixInputError as exc:
@@ -89,7 +106,8 @@ def _create_job(
             options = {**options, "reference_id": ref.id}
             if ref.status == "pending":
                 to_index.append(ref.id)
-        job = repo.create_job(s, tenant_id, None, key, photo.sha256, photo.name, photo.size, options)
+        job = repo.create_job(s, tenant_id, None, key, photo.sha256, photo.name, photo.size, options,
+                              actor=principal.actor)
         job_id = job.id
     return job_id, to_index
 
@@ -111,13 +129,22 @@ def load_job(ctx: ApiContext, tenant_id: str, job_id: str) -> JobOut:
     summary="Restore one photo",
 )
 async def create_job(
-    request: Request, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+    request: Request,
+    principal: Principal = Depends(require_tenant),
+    ctx: ApiContext = Depends(get_context),
+    digest_header: str | None = Header(
+        None, alias="Content-Digest", max_length=1000,
+        description="the photo's SHA-256 as `sha-256=:<base64>:` (RFC 9530); verified before anything is stored",
+    ),
 ) -> JobOut:
     """Upload one photo (multipart ``file``) with options; the job is queued and sent at once.
 
     Colour reference: ``reference_id`` (one of your references), or a ``reference`` file (added to your
     corpus and used for this photo), or neither (``reference_mode=auto``: best match from your corpus).
+    ``colourize=false`` restores only (grey result); ``mark=true`` puts a visible label in a corner. With
+    ``Content-Digest`` the photo's SHA-256 is checked first: 422 ``digest_mismatch`` and nothing kept.
     """
+    digest = parse_digest(digest_header, "Content-Digest") if digest_header else None
     limits = MultipartLimits(max_file_bytes=ctx.settings.max_upload_bytes, max_files=2, max_fields=len(JOB_FIELDS))
     with await read_multipart(request, limits) as form:
         photos = take_files(form, ("file", "reference"))
@@ -127,7 +154,7 @@ async def create_job(
             raise ApiError("validation_error", "send exactly one 'file' and at most one 'reference'")
         options = job_options(take_fields(form, JOB_FIELDS), reference_upload=bool(refs))
         job_id, to_index = await run_in_threadpool(
-            _create_job, ctx, principal, files[0], refs[0] if refs else None, options
+            _create_job, ctx, principal, files[0], refs[0] if refs else None, options, digest
         )
     await run_in_threadpool(partial(ctx.dispatch, principal.tenant_id, must_send=job_id))
     if to_index:
@@ -159,8 +186,10 @@ def download_name(input_name: str | None, output_format: str) -> str:
     "/{job_id}/result",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}}, "description": "the restored image"},
-        307: {"description": "redirect to a short-lived download URL of the object store"},
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/tiff": {}, "image/jp2": {}},
+              "description": "the restored image; `Content-Digest` carries its SHA-256"},
+        307: {"description": "redirect to a short-lived download URL of the object store; `Content-Digest` "
+                             "carries the SHA-256 of what it serves"},
         **error_responses(401, 404, 409, 503),
     },
     summary="Download the restored image",
@@ -168,19 +197,22 @@ def download_name(input_name: str | None, output_format: str) -> str:
 def get_result(
     job_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
 ) -> Response:
-    """307 to a presigned URL when the store is S3; the bytes themselves with local storage."""
+    """307 to a presigned URL when the store is S3; the bytes themselves with local storage. Either way
+    ``Content-Digest`` gives the result's SHA-256 (also ``output_sha256`` of the job). A result waiting
+    for review, or rejected in review, can be downloaded too."""
     checked_id(job_id, "job")
     with ctx.session(readonly=True) as s:
         job = repo.get_job(s, principal.tenant_id, job_id)
         if job is None:
             raise not_found("job")
-        status, key, fmt, name = job.status, job.output_key, job.output_format, job.input_name
-    if status != "succeeded" or not key:
+        available, status, key, fmt, name = has_result(job), job.status, job.output_key, job.output_format, job.input_name
+        digest = {"Content-Digest": content_digest(job.output_sha256)} if job.output_sha256 else {}
+    if not available or not key:
         raise ApiError("job_not_finished", f"job is {status}; a result exists once it has succeeded")
     filename = download_name(name, fmt)
     url = ctx.store.presigned_get_url(key, expires_s=RESULT_URL_EXPIRES_S, filename=filename)
     if url:
-        return RedirectResponse(url, status_code=307)
+        return RedirectResponse(url, status_code=307, headers=digest)
     try:
         size = ctx.store.size(key)
         stream = ctx.store.open_stream(key)
@@ -195,6 +227,7 @@ def get_result(
     headers = {
         "Content-Length": str(size),
         "Content-Disposition": f'attachment; filename="{filename}"',
+        **digest,
     }
     return StreamingResponse(chunks(), media_type=content_type_for(fmt), headers=headers)
 
@@ -252,3 +285,66 @@ def resend_job(
         raise ApiError("job_not_resendable", str(exc)) from exc
     ctx.dispatch(principal.tenant_id)
     return load_job(ctx, principal.tenant_id, job_id)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobCancelled,
+    responses=error_responses(401, 404, 409),
+    summary="Cancel a job",
+)
+def cancel_job(
+    job_id: str, principal: Principal = Depends(require_tenant), ctx: ApiContext = Depends(get_context)
+) -> JobCancelled:
+    """A queued job is cancelled and never runs. A running one stops at its next safe point (before the
+    model runs, before its result is stored) and ends ``cancelled`` with no result; ``stopping`` is true
+    until then. Cancelling twice is harmless; a job that has ended or awaits review answers 409
+    ``job_not_cancellable``."""
+    checked_id(job_id, "job")
+    try:
+        with ctx.session() as s:
+            job = repo.cancel_job(s, principal.tenant_id, job_id, actor=principal.actor)
+            out = JobOut.from_row(job)
+    except NotFound as exc:
+        raise not_found("job") from exc
+    except InvalidTransition as exc:
+        raise ApiError("job_not_cancellable", str(exc)) from exc
+    if ctx.eager:  # no beat process: a cancelled batch job may have been its batch's last
+        ctx.finish_batches()
+    return JobCancelled(job=out, stopping=out.status == "running")
+
+
+@router.post(
+    "/{job_id}/review",
+    response_model=ReviewOut,
+    responses=error_responses(401, 404, 409, 422),
+    summary="Decide on a result awaiting review",
+)
+def review_job(
+    job_id: str,
+    body: ReviewRequest,
+    principal: Principal = Depends(require_tenant),
+    ctx: ApiContext = Depends(get_context),
+) -> ReviewOut:
+    """``approve`` (the job succeeds), ``reject`` (it fails ``rejected_in_review`` with the note) or ``redo``
+    (rejected, and a new job of the same original, optionally with another ``reference_id``, is queued
+    and linked by ``redo_of``; the old result is kept). One decision per result: a second, or one racing
+    it, answers 409 ``job_not_awaiting_review``. Each decision is an event naming the API key's prefix."""
+    checked_id(job_id, "job")
+    require_reference(ctx, principal.tenant_id, body.reference_id)
+    try:
+        with ctx.session() as s:
+            outcome = repo.decide_review(s, principal.tenant_id, job_id, body.decision, note=body.note,
+                                         reference_id=body.reference_id, actor=principal.actor)
+            result = ReviewOut(job=JobOut.from_row(outcome.job),
+                               redo=JobOut.from_row(outcome.redo) if outcome.redo else None)
+    except NotFound as exc:
+        raise not_found("job") from exc
+    except InvalidTransition as exc:
+        raise ApiError("job_not_awaiting_review", str(exc)) from exc
+    if result.redo is not None:
+        ctx.dispatch(principal.tenant_id)
+        result.redo = load_job(ctx, principal.tenant_id, result.redo.id)
+    elif ctx.eager:
+        ctx.finish_batches()
+    return result

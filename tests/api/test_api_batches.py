@@ -356,7 +356,7 @@ def test_a_cancelled_batch_gets_its_report_once_nothing_runs(pg_api):
     assert "done.png" in r.text
     report_json = api.store.get_bytes(f"{api.tenant_a}/reports/{batch['id']}/report.json")
     counts = json.loads(report_json)["summary"]["counts"]
-    assert counts == {"queued": 0, "running": 0, "succeeded": 2, "failed": 0, "cancelled": 2}
+    assert counts == {"queued": 0, "running": 0, "succeeded": 2, "failed": 0, "cancelled": 2, "awaiting_review": 0}
 
 
 def test_a_cancelled_batch_with_nothing_running_has_its_report_at_once(pg_api):

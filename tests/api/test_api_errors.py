@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import io
 import json
 import socket
@@ -147,6 +148,18 @@ def _succeeded_job(api) -> dict:
     return job
 
 
+def _idempotency_key_reused(api):
+    headers = {**api.a, "Idempotency-Key": "reused-key"}
+    api.client.post("/v1/batches", headers=headers, json={"name": "first"})
+    return api.client.post("/v1/batches", headers=headers, json={"name": "second"})
+
+
+def _digest_mismatch(api):
+    wrong = "sha-256=:" + base64.b64encode(bytes(32)).decode() + ":"
+    return api.client.post("/v1/jobs", headers={**api.a, "Content-Digest": wrong},
+                           files={"file": ("a.png", png_bytes(), "image/png")})
+
+
 def _still_running(api):
     job_id = _queued_job(api)
     with session_scope(api.database_url) as s:
@@ -216,6 +229,12 @@ PG_TRIGGERS: dict[str, Callable] = {
     "job_not_resendable": lambda api: api.client.post(f"/v1/jobs/{_succeeded_job(api)['id']}/resend",
                                                       headers=api.a),
     "job_still_running": _still_running,
+    "job_not_cancellable": lambda api: api.client.post(f"/v1/jobs/{_succeeded_job(api)['id']}/cancel",
+                                                       headers=api.a),
+    "job_not_awaiting_review": lambda api: api.client.post(f"/v1/jobs/{_succeeded_job(api)['id']}/review",
+                                                           headers=api.a, json={"decision": "approve"}),
+    "digest_mismatch": _digest_mismatch,
+    "idempotency_key_reused": _idempotency_key_reused,
     "file_too_large": lambda api: _upload(api, bytes(MAX_UPLOAD + 1)),
     "request_too_large": lambda api: api.client.post("/v1/jobs", headers={**api.a, "Content-Type": "text/plain"},
                                                      content=bytes(MAX_REQUEST + 1)),

@@ -49,6 +49,9 @@ def test_options_are_validated_and_completed(sqlite_db: str) -> None:
             "reference_id": None,
             "output_format": "tiff16",
             "working_size": 512,
+            "colourize": True,
+            "mark": False,
+            "review": "none",
         }
         assert batch.status == "open"
         for bad in (
@@ -108,7 +111,7 @@ def test_status_counts_and_progress(url: str) -> None:
         claim_job(s, ids[4], "w", 5)
     with session_scope(url) as s:
         counts = batch_status_counts(s, batch_id)
-        assert counts == {"queued": 5, "running": 1, "succeeded": 3, "failed": 1, "cancelled": 0}
+        assert counts == {"queued": 5, "running": 1, "succeeded": 3, "failed": 1, "cancelled": 0, "awaiting_review": 0}
         progress = batch_progress(s, batch_id)
         # The counters' throughput is the obvious one over the job rows: finished jobs per minute of span.
         ran = [j for j in s.scalars(select(Job).where(Job.batch_id == batch_id)) if j.status in ("succeeded", "failed")]

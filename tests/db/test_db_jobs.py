@@ -309,7 +309,7 @@ def test_jobs_by_status_and_mark_sent_skip_finished_jobs(url: str) -> None:
         assert complete_job(s, a, claim_job(s, a, "w", 5).attempt, "o.png")
         claim_job(s, b, "w", 5)
         assert mark_sent(s, [a, b, c]) == 2
-        assert jobs_by_status(s) == {"queued": 1, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0}
+        assert jobs_by_status(s) == {"queued": 1, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0, "awaiting_review": 0}
         assert get_job(s, tenant_id, a).sent_at is None
 
 

@@ -44,7 +44,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_to_head_matches_the_models_and_downgrade_to_base_empties(empty_url: str) -> None:
     assert migrate.current_revision(empty_url) is None
     migrate.upgrade(empty_url)
-    assert migrate.current_revision(empty_url) == migrate.head_revision() == "0003"
+    assert migrate.current_revision(empty_url) == migrate.head_revision() == "0004"
     assert migrate.is_up_to_date(empty_url)
     assert _tables(empty_url) == TABLES | {"alembic_version"}
     with get_engine(empty_url).connect() as conn:

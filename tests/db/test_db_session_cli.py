@@ -94,9 +94,9 @@ def test_operator_commands(sqlite_url: str, capsys: pytest.CaptureFixture[str]) 
 
 def test_the_repository_is_the_one_way_into_the_queries() -> None:
     import db
-    from db import archives, batches, jobs, reads, references, repository, tenants, workflow
+    from db import archives, batches, jobs, provenance, reads, references, repository, tenants, workflow
 
-    modules = (archives, batches, jobs, reads, references, tenants, workflow)
+    modules = (archives, batches, jobs, provenance, reads, references, tenants, workflow)
     expected = set().union(*(m.__all__ for m in modules))
     assert set(repository.__all__) == expected
     assert all(getattr(repository, name) is getattr(m, name) for m in modules for name in m.__all__)

@@ -123,7 +123,7 @@ def test_summary_counts_timings_and_throughput():
     ]
     s = summarize({"batch": BATCH, "model": MODEL, "jobs": jobs})
     assert s["total"] == 6
-    assert s["counts"] == {"queued": 1, "running": 0, "succeeded": 3, "failed": 1, "cancelled": 1}
+    assert s["counts"] == {"queued": 1, "running": 0, "succeeded": 3, "failed": 1, "cancelled": 1, "awaiting_review": 0}
     assert s["wall_s"] == 60.0
     # The failed job's 10 ms is not a photo processed: statistics cover succeeded jobs only.
     assert s["mean_job_s"] == pytest.approx(2.0)
