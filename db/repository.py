@@ -1,7 +1,8 @@
 """Every query the service runs, importable from one place: ``from db import repository as repo``.
 
 The functions live in one module per resource (``db.tenants``, ``db.batches``, ``db.jobs``,
-``db.references``, ``db.archives``), plus ``db.workflow`` (steps spanning them) and ``db.reads``
+``db.references``, ``db.archives``), plus ``db.workflow`` (steps spanning them: cancel, review, fixity
+events among them) and ``db.reads``
 (listings and figures); this module gathers them so ``api/`` and ``workers/`` have a single way in.
 Each takes a ``Session``; the caller owns the transaction (``with session_scope() as s: …``) and
 commits by leaving the block.
@@ -28,6 +29,7 @@ from db.batches import (
     batch_status_counts,
     cancel_batch,
     create_batch,
+    create_batch_once,
     finish_batches,
     get_batch,
     get_batch_any_tenant,
@@ -64,6 +66,7 @@ from db.jobs import (
     retry_job,
     touch_heartbeat,
 )
+from db.provenance import Provenance, batch_provenance, job_provenance
 from db.reads import (
     get_jobs,
     get_references,
@@ -95,16 +98,32 @@ from db.tenants import (
     revoke_api_key,
 )
 from db.workflow import (
+    REVIEW_DECISIONS,
     SKIPPED_MEMBER,
+    ReviewOutcome,
+    cancel_if_requested,
+    cancel_job,
     create_failed_job,
     create_job_once,
+    decide_review,
     get_or_create_tenant,
     iter_batch_jobs,
+    record_fixity,
     reference_name,
     stale_pending_references,
 )
 
 __all__ = [
+    "Provenance",
+    "batch_provenance",
+    "job_provenance",
+    "REVIEW_DECISIONS",
+    "ReviewOutcome",
+    "cancel_if_requested",
+    "cancel_job",
+    "create_batch_once",
+    "decide_review",
+    "record_fixity",
     "add_archive",
     "archives_to_resend",
     "finish_archive",

@@ -81,7 +81,7 @@ def configure(app: Celery, settings: Settings) -> None:
 
 
 def create_app(settings: Settings | None = None) -> Celery:
-    app = Celery("pikfix", include=["workers.tasks", "workers.maintenance", "workers.webhooks"])
+    app = Celery("pikfix", include=["workers.tasks", "workers.maintenance", "workers.webhooks", "workers.fixity"])
     configure(app, settings or get_settings())
     return app
 
