@@ -40,6 +40,11 @@ class BucketMissing(StorageError):
     """The bucket does not exist: a setup step was missed, not an outage."""
 
 
+class MultipartRejected(StorageError, ValueError):
+    """Completing a multipart upload was refused for the client's input (unknown upload id, a part
+    missing or with another ETag): retrying the same request will not help."""
+
+
 class InvalidKey(StorageError, ValueError):
     """The key is malformed (``..``, absolute, backslash, empty segment) or collides with a folder."""
 
@@ -80,6 +85,16 @@ class ObjectStore(Protocol):
     def presigned_put_url(
         self, key: str, expires_s: int = 3600, content_type: str | None = None
     ) -> str | None: ...
+
+    def start_presigned_multipart(self, key: str, content_type: str | None = None) -> str | None:
+        """An upload id for parts a client PUTs to presigned URLs; ``None`` where the store has no URLs."""
+        ...
+
+    def presigned_part_urls(self, key: str, upload_id: str, parts: int, expires_s: int = 3600) -> list[str]: ...
+
+    def complete_presigned_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> None: ...
+
+    def abort_presigned_multipart(self, key: str, upload_id: str) -> None: ...
 
     def ping(self) -> bool: ...
 

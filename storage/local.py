@@ -150,6 +150,20 @@ class LocalStore:
         validate_key(key)
         return None
 
+    def start_presigned_multipart(self, key: str, content_type: str | None = None) -> None:
+        """No URLs to hand out: the API answers ``presigned_unavailable``."""
+        validate_key(key)
+        return None
+
+    def presigned_part_urls(self, key: str, upload_id: str, parts: int, expires_s: int = 3600) -> list[str]:
+        raise StorageError("a local folder has no presigned multipart uploads")
+
+    def complete_presigned_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> None:
+        raise StorageError("a local folder has no presigned multipart uploads")
+
+    def abort_presigned_multipart(self, key: str, upload_id: str) -> None:
+        raise StorageError("a local folder has no presigned multipart uploads")
+
     def ping(self) -> bool:
         try:
             self.check()

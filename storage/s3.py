@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 from urllib.parse import quote
 
-from storage.base import BucketMissing, MiB, ObjectNotFound, StorageError, StorageUnavailable
+from storage.base import (
+    BucketMissing,
+    MiB,
+    MultipartRejected,
+    ObjectNotFound,
+    StorageError,
+    StorageUnavailable,
+)
 from storage.keys import safe_filename, validate_key, validate_prefix
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,14 @@ _TRANSIENT_CODES = {
     "ThrottlingException",
     "RequestLimitExceeded",
     "BandwidthLimitExceeded",
+}
+
+# Completing a multipart upload fails with these when the client's parts or upload id are wrong.
+_MULTIPART_REFUSALS = {
+    "NoSuchUpload": "no such multipart upload (wrong id, or already completed or aborted)",
+    "InvalidPart": "a part was not uploaded or its ETag does not match",
+    "InvalidPartOrder": "the parts are not in ascending order",
+    "EntityTooSmall": "a part other than the last is smaller than 5 MiB",
 }
 
 
@@ -327,6 +342,56 @@ class S3Store:
             params["ContentType"] = content_type
         with self._errors("presign", key):
             return self.presign_client.generate_presigned_url("put_object", Params=params, ExpiresIn=int(expires_s))
+
+    # -- multipart uploads a client makes through presigned part URLs
+    def start_presigned_multipart(self, key: str, content_type: str | None = None) -> str:
+        """Open a multipart upload of ``key``; its parts are PUT by the client to presigned URLs."""
+        with self._errors("start multipart upload", key):
+            answer = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self._full(key), ContentType=_guess_type(key, content_type)
+            )
+        return str(answer["UploadId"])
+
+    def presigned_part_urls(self, key: str, upload_id: str, parts: int, expires_s: int = 3600) -> list[str]:
+        """One PUT URL per part number 1..``parts``; each part's answer carries the ETag to complete with."""
+        full = self._full(key)
+        with self._errors("presign", key):
+            return [
+                self.presign_client.generate_presigned_url(
+                    "upload_part",
+                    Params={"Bucket": self.bucket, "Key": full, "UploadId": upload_id, "PartNumber": number},
+                    ExpiresIn=int(expires_s),
+                )
+                for number in range(1, parts + 1)
+            ]
+
+    def complete_presigned_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> None:
+        """Join the parts into the object; a wrong ETag, part or upload id is :class:`MultipartRejected`."""
+        from botocore.exceptions import ClientError
+
+        parts = [{"PartNumber": number, "ETag": etag} for number, etag in sorted(etags)]
+        with self._errors("complete multipart upload", key):
+            try:
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self._full(key), UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code not in _MULTIPART_REFUSALS:
+                    raise
+                message = exc.response.get("Error", {}).get("Message", "") or _MULTIPART_REFUSALS[code]
+                raise MultipartRejected(f"{code}: {message}") from exc
+
+    def abort_presigned_multipart(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished multipart upload and its parts; an unknown upload id is not an error."""
+        from botocore.exceptions import ClientError
+
+        with self._errors("abort multipart upload", key):
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self._full(key), UploadId=upload_id)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code", "")) != "NoSuchUpload":
+                    raise
 
     def ping(self) -> bool:
         """True when the bucket answers; the reason for a failure is logged."""
