@@ -7,6 +7,8 @@ their provenance stays intact; the descriptor is dropped so retrieval no longer 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -123,17 +125,19 @@ def delete_reference(s: Session, tenant_id: str, ref_id: str) -> bool:
     return bool(result.rowcount)
 
 
-def indexed_descriptors(s: Session, tenant_id: str) -> list[tuple[str, bytes]]:
-    """``(id, descriptor)`` of every indexed reference: the retrieval worker's search corpus."""
-    rows = s.execute(
-        select(Reference.id, Reference.descriptor)
-        .where(
-            Reference.tenant_id == tenant_id,
-            Reference.status == REF_INDEXED,
-            Reference.descriptor.is_not(None),
-        )
-        .order_by(Reference.created_at, Reference.id)
+def indexed_descriptors(
+    s: Session, tenant_id: str, since: datetime | None = None
+) -> list[tuple[str, bytes]]:
+    """``(id, descriptor)`` of every indexed reference (the retrieval worker's search corpus), or only
+    of those indexed at or after ``since`` (its incremental refresh)."""
+    stmt = select(Reference.id, Reference.descriptor).where(
+        Reference.tenant_id == tenant_id,
+        Reference.status == REF_INDEXED,
+        Reference.descriptor.is_not(None),
     )
+    if since is not None:
+        stmt = stmt.where(Reference.indexed_at >= since)
+    rows = s.execute(stmt.order_by(Reference.created_at, Reference.id))
     return [(ref_id, bytes(blob)) for ref_id, blob in rows]
 
 

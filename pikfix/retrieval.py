@@ -42,6 +42,10 @@ RANDOM_INIT_SEED = 0
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 BLOCK = 1024  # references per scoring block: keeps the float32 temporaries in cache
 QUERY_CHUNK = 16  # queries scored together in query_batch
+EXACT_MAX = 8192  # corpora up to this size are scored exactly (about 20 ms per query at this size)
+SHORTLIST = 1024  # larger corpora: this many nearest by the sketch are then scored exactly
+SKETCH_DIM = 64  # principal axes kept by the sketch
+SKETCH_SAMPLE = 4096  # descriptors the sketch's axes are fitted on
 SCORING_THREADS = min(
     4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 )
@@ -363,12 +367,41 @@ def dists_similarity(
     return cfg.texture_weight * texture + cfg.structure_weight * structure, texture, structure
 
 
+class _Sketch:
+    """A linear stand-in for the DISTS score, so a large corpus is shortlisted by one matrix product.
+
+    Per channel, each DISTS term is ``1 - (x - y)^2 / (x^2 + y^2 + c)``. With the denominator fixed at
+    the corpus's typical magnitude it is a weighted squared distance: scaling μ and the pooled maps by
+    ``sqrt(weight / (2 E[x^2] + c))`` turns "highest score" into "nearest in Euclidean distance". The
+    scaled descriptors are projected on their principal axes (``SKETCH_DIM``), fitted on a sample.
+    """
+
+    def __init__(self, layout: DescriptorLayout, scoring: ScoringConfig, sample: np.ndarray) -> None:
+        c, g = layout.channels, layout.cells
+        w = layout.channel_weights()
+        mu, grid = sample[:, :c], sample[:, 2 * c :].reshape(len(sample), g, c)
+        mu_scale = np.sqrt(scoring.texture_weight * w / (2 * np.mean(mu * mu, axis=0) + scoring.c1))
+        sd_sq = np.mean(np.sum(grid * grid, axis=1), axis=0)
+        grid_scale = np.sqrt(scoring.structure_weight * w / (2 * sd_sq + scoring.c2))
+        self.scale = np.concatenate([mu_scale, np.zeros(c), np.tile(grid_scale, g)]).astype(np.float32)
+        scaled = sample * self.scale
+        self.mean = scaled.mean(axis=0)
+        _, _, vt = np.linalg.svd(scaled - self.mean, full_matrices=False)
+        self.axes = np.ascontiguousarray(vt[:SKETCH_DIM].T, dtype=np.float32)  # (dim, r)
+
+    def project(self, descriptors: np.ndarray) -> np.ndarray:
+        """(n, dim) float descriptors → (n, r) float32 sketch coordinates."""
+        return (np.asarray(descriptors, dtype=np.float32) * self.scale - self.mean) @ self.axes
+
+
 class ReferenceIndex:
     """A tenant's reference corpus: ids and float16 descriptors, scored by vectorised DISTS.
 
     Descriptors live column-wise in a (dim, capacity) float16 matrix that grows by doubling, so
     adding one reference is amortised O(dim) and removing one moves the last column into its place.
     Adding an id that is already present replaces its descriptor (re-indexing is idempotent).
+    Above ``EXACT_MAX`` references a query scores exactly only the ``SHORTLIST`` nearest by a
+    low-dimensional sketch (:class:`_Sketch`), refitted each time the corpus doubles.
     """
 
     def __init__(
@@ -380,6 +413,9 @@ class ReferenceIndex:
         self._ids: list[str] = []
         self._rows: dict[str, int] = {}
         self._data = np.zeros((layout.dim, 0), dtype=np.float16)
+        self._sketch: _Sketch | None = None
+        self._sketch_fit_size = 0
+        self._points = np.zeros((0, SKETCH_DIM), dtype=np.float32)  # sketch rows, aligned with _ids
 
     # -- contents
 
@@ -433,6 +469,12 @@ class ReferenceIndex:
             self._ids.append(ref_id)
         cols = np.fromiter((self._rows[i] for i in ids), dtype=np.int64, count=len(ids))
         self._data[:, cols] = arr.T.astype(np.float16)
+        if self._sketch is not None:
+            if self._points.shape[0] < self._data.shape[1]:
+                grown = np.zeros((self._data.shape[1], self._points.shape[1]), dtype=np.float32)
+                grown[: len(self._points)] = self._points
+                self._points = grown
+            self._points[cols] = self._sketch.project(arr.astype(np.float16))
 
     def remove(self, ref_id: str) -> None:
         """Drop ``ref_id``; raises KeyError when it is not in the index."""
@@ -441,6 +483,8 @@ class ReferenceIndex:
         if row != last:
             moved = self._ids[last]
             self._data[:, row] = self._data[:, last]
+            if self._sketch is not None:
+                self._points[row] = self._points[last]
             self._ids[row] = moved
             self._rows[moved] = row
         self._ids.pop()
@@ -458,9 +502,9 @@ class ReferenceIndex:
         return Scores(self.ids, total, texture[0], structure[0])
 
     def _score_many(
-        self, queries: np.ndarray, scoring: ScoringConfig | None
+        self, queries: np.ndarray, scoring: ScoringConfig | None, cols: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, N) texture and structure, one pass over the corpus in column blocks.
+        """(Q, N) texture and structure, one pass over the corpus (or its columns ``cols``) in blocks.
 
         Queries are rounded to float16 like the stored references, so a photo scores 1 against
         itself. Everything that depends on the query alone (its half of each denominator, and the
@@ -469,7 +513,8 @@ class ReferenceIndex:
         releases the GIL in its loops and, unlike an OpenMP pool, never spin-waits on a busy CPU.
         """
         cfg = scoring or self.scoring
-        c, g, n = self.layout.channels, self.layout.cells, len(self._ids)
+        c, g = self.layout.channels, self.layout.cells
+        n = len(self._ids) if cols is None else len(cols)
         q = queries.astype(np.float16).astype(np.float32)
         w = self.layout.channel_weights()[:, None]
         q_mu, q_sd, q_grid = q[:, :c, None], q[:, c : 2 * c, None], q[:, 2 * c :].reshape(-1, g, c, 1)
@@ -484,7 +529,8 @@ class ReferenceIndex:
 
         def score_block(start: int) -> None:
             stop = min(n, start + BLOCK)
-            block = self._data[:, start:stop].astype(np.float32)
+            picked = slice(start, stop) if cols is None else cols[start:stop]
+            block = self._data[:, picked].astype(np.float32)
             mu, sd, grid = block[:c], block[c : 2 * c], block[2 * c :].reshape(g, c, -1)
             mu_sq, sd_sq = mu * mu, sd * sd
             den, num, tmp = np.empty_like(mu), np.empty_like(mu), np.empty_like(mu)
@@ -513,18 +559,42 @@ class ReferenceIndex:
         return texture, structure
 
     def _top_k(
-        self, texture: np.ndarray, structure: np.ndarray, k: int, cfg: ScoringConfig
+        self, texture: np.ndarray, structure: np.ndarray, k: int, cfg: ScoringConfig,
+        cols: np.ndarray | None = None,
     ) -> list[Candidate]:
         total = cfg.texture_weight * texture + cfg.structure_weight * structure
+        ids = self._ids if cols is None else [self._ids[j] for j in cols]
         k = min(k, len(total))
         if k <= 0:
             return []
         best = np.argpartition(-total, k - 1)[:k] if k < len(total) else np.arange(len(total))
-        order = sorted(best.tolist(), key=lambda j: (-total[j], self._ids[j]))  # ties broken by id
+        order = sorted(best.tolist(), key=lambda j: (-total[j], ids[j]))  # ties broken by id
         return [
-            Candidate(self._ids[j], rank, float(total[j]), float(texture[j]), float(structure[j]))
+            Candidate(ids[j], rank, float(total[j]), float(texture[j]), float(structure[j]))
             for rank, j in enumerate(order, start=1)
         ]
+
+    def _ensure_sketch(self) -> None:
+        """Fit the sketch on a sample once the corpus outgrows exact scoring, and again when it doubles."""
+        n = len(self._ids)
+        if self._sketch is not None and n < 2 * self._sketch_fit_size:
+            return
+        rng = np.random.default_rng(0)
+        sample = rng.choice(n, size=min(n, SKETCH_SAMPLE), replace=False)
+        self._sketch = _Sketch(self.layout, self.scoring, self._data[:, np.sort(sample)].T.astype(np.float32))
+        self._sketch_fit_size = n
+        self._points = np.zeros((self._data.shape[1], self._sketch.axes.shape[1]), dtype=np.float32)
+        for start in range(0, n, BLOCK * 8):
+            stop = min(n, start + BLOCK * 8)
+            self._points[start:stop] = self._sketch.project(self._data[:, start:stop].T)
+
+    def _shortlist(self, query: np.ndarray) -> np.ndarray:
+        """Column numbers of the ``SHORTLIST`` references nearest to ``query`` in sketch space."""
+        n = len(self._ids)
+        points = self._points[:n]
+        q = self._sketch.project(query[None].astype(np.float16))[0]
+        dist = np.einsum("ij,ij->i", points, points) - 2.0 * (points @ q)  # |p - q|^2 - |q|^2
+        return np.sort(np.argpartition(dist, SHORTLIST - 1)[:SHORTLIST])
 
     def query(
         self, descriptor: np.ndarray, k: int = 5, scoring: ScoringConfig | None = None
@@ -540,6 +610,14 @@ class ReferenceIndex:
         if not self._ids:
             return [[] for _ in queries]
         cfg = scoring or self.scoring
+        if len(self._ids) > EXACT_MAX:
+            self._ensure_sketch()
+            results = []
+            for query in queries:
+                cols = self._shortlist(query)
+                texture, structure = self._score_many(query[None], scoring, cols)
+                results.append(self._top_k(texture[0], structure[0], k, cfg, cols))
+            return results
         results: list[list[Candidate]] = []
         for start in range(0, len(queries), QUERY_CHUNK):  # bounds the (queries x corpus) score arrays
             texture, structure = self._score_many(queries[start : start + QUERY_CHUNK], scoring)

@@ -5,26 +5,29 @@ A reference that cannot be used (not a colour photo, gone from storage, undecoda
 ``failed`` when a job meets it: retrieval then skips it, and a user's explicit choice of it fails the
 job with ``bad_reference``. Neither ever becomes an ``internal_error``.
 
-The tenant's descriptors are read from the database and kept as an in-memory ``ReferenceIndex`` per
-process, rebuilt only when the set of indexed references changes, so a query scores the whole corpus
-in one vectorised pass.
+Each process keeps a tenant's corpus in memory as a ``ReferenceIndex``: read whole once, then every
+``REFRESH_S`` only the references indexed since the last read are added. References deleted or found
+unusable leave the index when a query first meets them (their row is read before use anyway), so no
+query ever reloads the corpus.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from db import repository as repo
+from db.models import utcnow
 from db.session import session_scope
 from pikfix import imageio
 from pikfix.errors import PikFixInputError
-from pikfix.retrieval import Candidate, ReferenceIndex, check_reference_colour
+from pikfix.retrieval import ReferenceIndex, check_reference_colour
 from storage import ObjectNotFound
 
 log = logging.getLogger(__name__)
@@ -57,24 +60,57 @@ class ChosenReference:
         ]
 
 
+REFRESH_S = 2.0  # a newly indexed reference is offered to jobs within this long
+# Each refresh re-reads this much before the last one: an indexing transaction can commit after
+# another one that stamped a later indexed_at. Re-adding a reference is idempotent.
+REFRESH_OVERLAP = timedelta(seconds=30)
+LOAD_CHUNK = 8192  # descriptors widened to float32 at a time while loading
+
+
+@dataclass
+class _TenantIndex:
+    index: ReferenceIndex
+    read_from: datetime | None = None  # the next refresh reads references indexed since then
+    refreshed: float = float("-inf")  # time.monotonic() of the last refresh
+
+
 class _IndexCache:
-    """One ``ReferenceIndex`` per tenant, keyed by a fingerprint of the indexed reference ids."""
+    """One incrementally refreshed ``ReferenceIndex`` per tenant and process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._indexes: dict[str, tuple[str, ReferenceIndex]] = {}
+        self._tenants: dict[str, _TenantIndex] = {}
 
-    def get(self, tenant_id: str, rows: list[tuple[str, bytes]], extractor) -> ReferenceIndex:
-        fingerprint = hashlib.sha256("\n".join(sorted(rid for rid, _ in rows)).encode()).hexdigest()
+    def get(self, runtime, tenant_id: str) -> ReferenceIndex:
         with self._lock:
-            cached = self._indexes.get(tenant_id)
-            if cached and cached[0] == fingerprint:
-                return cached[1]
-        index = extractor.new_index()
-        index.add([rid for rid, _ in rows], np.stack([decode_descriptor(blob) for _, blob in rows]))
+            entry = self._tenants.get(tenant_id)
+            if entry is None:
+                entry = self._tenants[tenant_id] = _TenantIndex(runtime.extractor.new_index())
+            if time.monotonic() - entry.refreshed >= REFRESH_S:
+                self._refresh(runtime, tenant_id, entry)
+            return entry.index
+
+    @staticmethod
+    def _refresh(runtime, tenant_id: str, entry: _TenantIndex) -> None:
+        started = utcnow()
+        with session_scope(runtime.database_url) as s:
+            rows = repo.indexed_descriptors(s, tenant_id, since=entry.read_from)
+        for start in range(0, len(rows), LOAD_CHUNK):
+            chunk = rows[start : start + LOAD_CHUNK]
+            entry.index.add([rid for rid, _ in chunk], np.stack([decode_descriptor(blob) for _, blob in chunk]))
+        entry.read_from = started - REFRESH_OVERLAP
+        entry.refreshed = time.monotonic()
+
+    def discard(self, tenant_id: str, ref_id: str) -> None:
+        """Take a reference found deleted or unusable out of the tenant's index."""
         with self._lock:
-            self._indexes[tenant_id] = (fingerprint, index)
-        return index
+            entry = self._tenants.get(tenant_id)
+            if entry is not None and ref_id in entry.index:
+                entry.index.remove(ref_id)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tenants.clear()
 
 
 INDEX_CACHE = _IndexCache()
@@ -159,22 +195,19 @@ def _retrieved_reference(runtime, tenant_id: str, decoded, top_k: int) -> Chosen
     check existed, or gone from storage) is quarantined and the next is tried, so a bad reference
     never fails a job. Each quarantine removes a reference for good, so the loop ends.
     """
-    with session_scope(runtime.database_url) as s:
-        rows = repo.indexed_descriptors(s, tenant_id)
-    if not rows:
+    index = INDEX_CACHE.get(runtime, tenant_id)
+    if not len(index):
         return None
     query = runtime.extractor.describe(decoded.rgb)
     unusable: set[str] = set()
-    while rows := [row for row in rows if row[0] not in unusable]:
-        index = INDEX_CACHE.get(tenant_id, rows, runtime.extractor)
-        candidates: list[Candidate] = index.query(query, k=top_k)
+    while candidates := index.query(query, k=top_k):
         for cand in candidates:
             found = _usable_reference(runtime, tenant_id, cand.id)
             if found is None:
                 unusable.add(cand.id)
+                INDEX_CACHE.discard(tenant_id, cand.id)
                 continue
             ref, image = found
-            kept = [c for c in candidates if c.id not in unusable]
             rows_out = [
                 {
                     "reference_id": c.id,
@@ -185,7 +218,7 @@ def _retrieved_reference(runtime, tenant_id: str, decoded, top_k: int) -> Chosen
                     "used": c.id == ref.id,
                     "source": "retrieval",
                 }
-                for rank, c in enumerate(kept, start=1)
+                for rank, c in enumerate((c for c in candidates if c.id not in unusable), start=1)
             ]
             return ChosenReference("retrieval", ref.id, ref.name, image, float(cand.total), rows_out)
     return None

@@ -315,3 +315,30 @@ def test_colour_check_of_files_in_every_pixel_layout() -> None:
     with pytest.raises(PikFixInputError) as err:
         check_reference_colour_file(io.BytesIO(bytes(damaged)), "png")
     assert err.value.code == "corrupt_image"
+
+
+def test_large_corpus_is_shortlisted_by_the_sketch_and_finds_the_exact_best() -> None:
+    """Above EXACT_MAX a query scores only a sketch shortlist; near-duplicates are still found first,
+    with their exact scores, and references added or removed after the sketch
+    was fitted are found or gone at once."""
+    from pikfix import retrieval
+
+    n = retrieval.EXACT_MAX + 2000
+    descriptors = random_descriptors(SMALL, n, seed=3)
+    index = ReferenceIndex(SMALL)
+    ids = [f"r{i}" for i in range(n)]
+    index.add(ids, descriptors)
+    rng = np.random.default_rng(4)
+    for j in rng.choice(n, size=20, replace=False):
+        query = (descriptors[j] * (1 + rng.normal(0, 0.02, descriptors[j].shape))).astype(np.float32)
+        best = index.query(query, k=5)
+        exact = index.score_all(query)
+        assert best[0].id == ids[j] == exact.ids[int(np.argmax(exact.total))]
+        for cand in best:  # shortlisted candidates carry their exact scores
+            assert cand.total == pytest.approx(float(exact.total[ids.index(cand.id)]), abs=1e-5)
+    assert index._sketch is not None  # the shortlist path ran
+    late = random_descriptors(SMALL, 1, seed=99)
+    index.add(["late"], late)
+    assert index.query(late[0], k=1)[0].id == "late"
+    index.remove("late")
+    assert index.query(late[0], k=1)[0].id != "late"
