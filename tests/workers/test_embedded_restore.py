@@ -272,3 +272,22 @@ def test_embedded_run_ignores_a_broker_in_the_environment(
     assert len(list((tmp_path / "out").glob("*.restored.png"))) == 2
     with fresh_redis_server.client() as broker:
         assert broker.llen("restore") == 0 and broker.keys("*") == []
+
+
+def test_no_colour_keeps_the_photo_grey_and_labels_it_restored(run: Run) -> None:
+    """`pikfix restore --no-colour`: restoration only, even with a reference at hand; the output is exactly
+    grey, the job records no reference, and the file says it was enhanced, not colourized."""
+    import subprocess as sp
+
+    photo = PHOTOS[0]
+    assert run(str(photo), "--reference", str(REFERENCES[0]), "--no-colour", "--format", "png") == 0
+    output = run.out / f"{photo.stem}.restored.png"
+    with Image.open(output) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    (row,) = run.rows()
+    assert row["job"].colourize is False and row["job"].status == "succeeded"
+    assert not any(r.used for r in row["references"])
+    tags = sp.run(["exiftool", "-j", "-XMP-iptcExt:DigitalSourceType", str(output)], capture_output=True,
+                  text=True, check=True).stdout
+    assert "algorithmicallyEnhanced" in tags and "compositeWithTrainedAlgorithmicMedia" not in tags
