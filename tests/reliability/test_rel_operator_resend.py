@@ -37,8 +37,8 @@ def _frozen_mid_job(cluster, photos: int):
 
 
 def test_resend_route_refuses_a_live_job_then_resends_a_silent_one(cluster) -> None:
+    api = cluster.start_api(HEARTBEATS)  # before the freeze: its start-up must not eat the heartbeat timeout
     tenant, _, (job_id,), (victim,) = _frozen_mid_job(cluster, 1)
-    api = cluster.start_api(HEARTBEATS)
     with httpx.Client(base_url=api, headers=cluster.api_key(tenant), timeout=60) as http:
         r = http.post(f"/v1/jobs/{job_id}/resend")
         assert r.status_code == 409 and r.json()["error"]["code"] == "job_still_running", r.text
