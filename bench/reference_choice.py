@@ -97,14 +97,14 @@ def recall(index, queries: np.ndarray) -> float:
     return hits / len(queries)
 
 
-def real_photo_recall(extractor, fraction: float) -> dict:
+def real_photo_recall(extractor, fraction: float, count: int) -> dict:
     """Recall on descriptors of real photos (four crops and a mirror of each), the shortlist cut to the
     same fraction of the corpus as at 100,000 references."""
     from PIL import Image
 
     from pikfix import retrieval
 
-    paths = [p for folder in PHOTO_DIRS if folder.is_dir() for p in sorted(folder.glob("*.jpg"))][:REAL_PHOTOS]
+    paths = [p for folder in PHOTO_DIRS if folder.is_dir() for p in sorted(folder.glob("*.jpg"))][:count]
     images = []
     for path in paths:
         with Image.open(path) as im:
@@ -138,6 +138,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--references", type=int, default=100_000)
     parser.add_argument("--jobs", type=int, default=30)
+    parser.add_argument("--real-photos", type=int, default=REAL_PHOTOS,
+                        help="photos described for the real-descriptor recall (0: skip it)")
     args = parser.parse_args()
 
     from db import repository as repo
@@ -195,7 +197,8 @@ def main() -> None:
 
         index = references.INDEX_CACHE.get(runtime, tenant_id)
         random_recall = recall(index, random_descriptors(runtime.extractor.layout, 100, np.random.default_rng(7)))
-    real = real_photo_recall(runtime.extractor, retrieval.SHORTLIST / args.references)
+    real = (real_photo_recall(runtime.extractor, retrieval.SHORTLIST / args.references, args.real_photos)
+            if args.real_photos else {"recall_at_1": float("nan"), "skipped": True})
 
     warm_s = statistics.median(warm)
     result = {

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(MAX_PIXELS, description="Decompression-bomb guard for decoded photos")
     working_size: int = Field(256, description="Colourization working resolution (short side, pixels)")
     retrieval_top_k: int = 5
+    reference_refresh_s: float = Field(
+        2.0, ge=0, description="A worker looks for newly indexed references at most this often (seconds)")
 
     api_read_timeout_s: float = Field(10.0, description="GET requests answer 503 if no response started by then")
     max_upload_bytes: int = 200 * 1024 * 1024

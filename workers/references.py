@@ -5,8 +5,8 @@ A reference that cannot be used (not a colour photo, gone from storage, undecoda
 ``failed`` when a job meets it: retrieval then skips it, and a user's explicit choice of it fails the
 job with ``bad_reference``. Neither ever becomes an ``internal_error``.
 
-Each process keeps a tenant's corpus in memory as a ``ReferenceIndex``: read whole once, then every
-``REFRESH_S`` only the references indexed since the last read are added. References deleted or found
+Each process keeps a tenant's corpus in memory as a ``ReferenceIndex``: read whole once, then at most
+every ``reference_refresh_s`` seconds only the references indexed since the last read are added. References deleted or found
 unusable leave the index when a query first meets them (their row is read before use anyway), so no
 query ever reloads the corpus.
 """
@@ -60,7 +60,6 @@ class ChosenReference:
         ]
 
 
-REFRESH_S = 2.0  # a newly indexed reference is offered to jobs within this long
 # Each refresh re-reads this much before the last one: an indexing transaction can commit after
 # another one that stamped a later indexed_at. Re-adding a reference is idempotent.
 REFRESH_OVERLAP = timedelta(seconds=30)
@@ -86,7 +85,7 @@ class _IndexCache:
             entry = self._tenants.get(tenant_id)
             if entry is None:
                 entry = self._tenants[tenant_id] = _TenantIndex(runtime.extractor.new_index())
-            if time.monotonic() - entry.refreshed >= REFRESH_S:
+            if time.monotonic() - entry.refreshed >= runtime.settings.reference_refresh_s:
                 self._refresh(runtime, tenant_id, entry)
             return entry.index
 

@@ -31,6 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from api.deps import ApiContext, _bearer, checked_id, get_context, require_tenant
 from api.errors import ApiError, error_responses, not_found, unauthorized
 from api.routers.jobs import RESULT_URL_EXPIRES_S, STREAM_CHUNK, download_name
+from api.schemas import Text
 from api.uploads import content_digest
 from db import repository as repo
 from db.models import Batch, Job
@@ -96,7 +97,7 @@ def verify_token(ctx: ApiContext, batch_id: str, token: str) -> str:
 
 def iiif_access(
     batch_id: str,
-    token: str | None = Query(None, max_length=200, description=_TOKEN_HELP),
+    token: Text | None = Query(None, max_length=200, description=_TOKEN_HELP),
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
     ctx: ApiContext = Depends(get_context),
 ) -> Access:

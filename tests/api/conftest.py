@@ -136,6 +136,7 @@ def make_settings(tmp_path: Path, checkpoint: Path, **overrides: object) -> Sett
         "max_image_pixels": MAX_PIXELS,
         "max_archive_members": 50,
         "job_max_attempts": 3,
+        "reference_refresh_s": 0,  # tests add references and run a job at once
     }
     values.update(overrides)
     return Settings(**values)

@@ -95,20 +95,24 @@ def test_every_string_of_every_json_body_refuses_nul(pg_api):
         ),
         ("post", "/v1/batches/{batch_id}/uploads"): ({"files": ["scan.png"]}, 200),
         ("post", "/v1/batches/{batch_id}/submit"): ({"files": ["scan.png"]}, None),  # checked below
+        ("post", "/v1/batches/{batch_id}/multipart"): ({"name": "scan.png", "size": 6 * 1024 * 1024}, None),
+        ("post", "/v1/batches/{batch_id}/multipart/complete"): (
+            {"name": "scan.png", "upload_id": "u", "parts": [{"part_number": 1, "etag": "e"}]}, None),
+        ("post", "/v1/jobs/{job_id}/review"): ({"decision": "approve", "note": "ok", "reference_id": ref_id}, None),
     }
     spec = _spec(api)
     operations = _json_operations(spec)
     assert set(operations) == set(valid), "a JSON route was added: give it a valid body here"
     tried = 0
     for (method, path), schema in operations.items():
-        url = path.replace("{batch_id}", batch_id)
+        url = path.replace("{batch_id}", batch_id).replace("{job_id}", ID)
         body, ok_status = valid[(method, path)]
         fields = _string_paths(spec, schema)
         assert fields, (method, path)
         for field in fields:
             r = api.client.request(method.upper(), url, headers=api.a, json=_set(body, field, NUL_TEXT))
             assert error_of(r) == (422, "validation_error"), (path, field, r.text)
-            assert "NUL" in r.json()["error"]["message"] or field == ("options", "reference_id"), r.text
+            assert "NUL" in r.json()["error"]["message"] or field[-1] in ("reference_id", "decision"), r.text
             tried += 1
         if ok_status is not None:  # the same body without the NUL is accepted
             r = api.client.request(method.upper(), url, headers=api.a, json=body)
@@ -124,6 +128,14 @@ def test_lone_surrogates_in_json_are_refused(pg_api):
     raw = b'{"name": "album \\ud800"}'  # valid JSON text; not encodable as UTF-8
     r = api.client.post("/v1/batches", headers={**api.a, "Content-Type": "application/json"}, content=raw)
     assert error_of(r) == (422, "validation_error")
+
+
+PATH_TEST_BODIES = {
+    "/uploads": {"files": ["a.png"]},
+    "/multipart": {"name": "a.png", "size": 6 * 1024 * 1024},
+    "/multipart/complete": {"name": "a.png", "upload_id": "u", "parts": [{"part_number": 1, "etag": "e"}]},
+    "/review": {"decision": "approve"},
+}
 
 
 def test_every_query_and_path_parameter_refuses_nul(pg_api):
@@ -149,10 +161,12 @@ def test_every_query_and_path_parameter_refuses_nul(pg_api):
                     # An id holding a NUL names nothing: 404, like any id that does not exist.
                     url = path.replace("{" + param["name"] + "}", "abc%00def")  # decoded to a NUL
                     for other in params:
-                        url = url.replace("{" + other["name"] + "}", ID)
-                    body = {"files": ["a.png"]} if path.endswith("/uploads") else None  # a body it takes
+                        url = url.replace("{" + other["name"] + "}", "original" if other["name"] == "which" else ID)
+                    body = PATH_TEST_BODIES.get(path.rsplit("}", 1)[-1])  # a body it takes
                     r = api.client.request(method.upper(), url, headers=api.a, json=body)
-                    assert error_of(r) == (404, "not_found"), (method, path, r.text)
+                    # A closed set of words (an enum) refuses it as invalid rather than unknown.
+                    expected = (422, "validation_error") if "enum" in param["schema"] else (404, "not_found")
+                    assert error_of(r) == expected, (method, path, r.text)
                     checked_path += 1
     assert checked_query >= 5 and checked_path >= 15
 
